@@ -1,0 +1,250 @@
+//! Layered settings shared by both services: built-in defaults (serde defaults on each settings type)
+//! → `appsettings.json` (working directory, or the path in `TRACKER_CONFIG`) → `TRACKER__SECTION__KEY`
+//! environment variables. Every error names the key it is about.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use config::{Config, Environment, File, FileFormat};
+use secrecy::SecretString;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+/// Names the settings file when set; the file must then exist.
+pub const CONFIG_PATH_VAR: &str = "TRACKER_CONFIG";
+const DEFAULT_FILE: &str = "appsettings.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// Unreadable file, or a value of the wrong type; the message from `config` names the key.
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration key `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+impl SettingsError {
+    pub fn invalid(key: &'static str, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            key,
+            message: message.into(),
+        }
+    }
+}
+
+/// Where settings are read from. Tests pass their own file and environment instead of the process's.
+#[derive(Debug, Default)]
+pub struct Sources {
+    /// `Some` when a file was named explicitly: then it must exist.
+    pub file: Option<PathBuf>,
+    /// `None` reads the process environment.
+    pub env: Option<HashMap<String, String>>,
+}
+
+impl Sources {
+    /// The process's own: `TRACKER_CONFIG` or `./appsettings.json`, and the real environment.
+    pub fn from_process() -> Self {
+        Self {
+            file: std::env::var_os(CONFIG_PATH_VAR).map(PathBuf::from),
+            env: None,
+        }
+    }
+
+    /// Merges the layers and deserialises them into `T`, whose serde defaults are the first layer.
+    pub fn load<T: DeserializeOwned>(self) -> Result<T, SettingsError> {
+        let file = match &self.file {
+            Some(path) => File::from(path.as_path())
+                .format(FileFormat::Json)
+                .required(true),
+            None => File::new(DEFAULT_FILE, FileFormat::Json).required(false),
+        };
+        let env = Environment::with_prefix("TRACKER")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .source(self.env);
+        Ok(Config::builder()
+            .add_source(file)
+            .add_source(env)
+            .build()?
+            .try_deserialize()?)
+    }
+}
+
+/// `mqtt.*`: how a service reaches the broker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct MqttSettings {
+    pub host: String,
+    pub port: u16,
+    /// Each service derives its own default; the sink's must stay the same across restarts.
+    pub client_id: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<SecretString>,
+    /// Base topic; edges publish to `{topic}/{edge.id}`, the sink reads `{topic}/#`.
+    pub topic: String,
+}
+
+impl Default for MqttSettings {
+    fn default() -> Self {
+        Self {
+            host: "localhost".into(),
+            port: 1883,
+            client_id: None,
+            username: None,
+            password: None,
+            topic: "tracker/visits".into(),
+        }
+    }
+}
+
+impl MqttSettings {
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        if self.host.trim().is_empty() {
+            return Err(SettingsError::invalid("mqtt.host", "must not be empty"));
+        }
+        if self.port == 0 {
+            return Err(SettingsError::invalid(
+                "mqtt.port",
+                "must be between 1 and 65535",
+            ));
+        }
+        if self
+            .client_id
+            .as_deref()
+            .is_some_and(|id| id.trim().is_empty())
+        {
+            return Err(SettingsError::invalid(
+                "mqtt.client_id",
+                "must not be empty when set",
+            ));
+        }
+        let topic = &self.topic;
+        if topic.is_empty() || topic.ends_with('/') || topic.contains(['+', '#', '\0']) {
+            return Err(SettingsError::invalid(
+                "mqtt.topic",
+                format!("{topic:?} must be a non-empty topic without wildcards or a trailing '/'"),
+            ));
+        }
+        if self.password.is_some() && self.credentials().is_none() {
+            return Err(SettingsError::invalid(
+                "mqtt.username",
+                "must be set when mqtt.password is",
+            ));
+        }
+        Ok(())
+    }
+
+    /// User name and password, when a user name is set (an empty value counts as unset).
+    pub fn credentials(&self) -> Option<(String, String)> {
+        use secrecy::ExposeSecret;
+        let user = self.username.as_deref().filter(|u| !u.is_empty())?;
+        let password = self
+            .password
+            .as_ref()
+            .map(|p| p.expose_secret().to_owned())
+            .unwrap_or_default();
+        Some((user.to_owned(), password))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    #[derive(Debug, Deserialize, Default)]
+    #[serde(default)]
+    struct Probe {
+        mqtt: MqttSettings,
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
+        Some(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    fn load(file: Option<PathBuf>, pairs: &[(&str, &str)]) -> Result<Probe, SettingsError> {
+        Sources {
+            file,
+            env: env(pairs),
+        }
+        .load()
+    }
+
+    #[test]
+    fn defaults_apply_without_file_or_environment() {
+        let probe = load(None, &[]).unwrap();
+        assert_eq!(probe.mqtt.host, "localhost");
+        assert_eq!(probe.mqtt.port, 1883);
+        assert_eq!(probe.mqtt.topic, "tracker/visits");
+        probe.mqtt.validate().unwrap();
+    }
+
+    #[test]
+    fn environment_overrides_file_which_overrides_defaults() {
+        let mut file = tempfile::Builder::new().suffix(".json").tempfile().unwrap();
+        write!(
+            file,
+            r#"{{"mqtt": {{"host": "broker.internal", "port": 1999, "username": "edge"}}}}"#
+        )
+        .unwrap();
+        let probe = load(Some(file.path().into()), &[("TRACKER__MQTT__PORT", "1884")]).unwrap();
+        assert_eq!(probe.mqtt.host, "broker.internal");
+        assert_eq!(probe.mqtt.port, 1884);
+        assert_eq!(
+            probe.mqtt.credentials(),
+            Some(("edge".into(), String::new()))
+        );
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_names_its_key() {
+        let err = load(None, &[("TRACKER__MQTT__PORT", "not-a-port")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mqtt.port"), "{err}");
+        let err = load(None, &[("TRACKER__MQTT__PORT", "70000")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mqtt.port"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let err = load(None, &[("TRACKER__MQTT__TOPIC", "tracker/#")])
+            .unwrap()
+            .mqtt
+            .validate();
+        assert!(err.unwrap_err().to_string().contains("`mqtt.topic`"));
+        let err = load(None, &[("TRACKER__MQTT__PASSWORD", "secret")])
+            .unwrap()
+            .mqtt
+            .validate();
+        assert!(err.unwrap_err().to_string().contains("`mqtt.username`"));
+    }
+
+    #[test]
+    fn a_named_file_must_exist_and_the_password_is_not_printed() {
+        let err = load(Some("/nonexistent/appsettings.json".into()), &[]).unwrap_err();
+        assert!(
+            err.to_string().contains("/nonexistent/appsettings.json"),
+            "{err}"
+        );
+        let probe = load(
+            None,
+            &[
+                ("TRACKER__MQTT__USERNAME", "u"),
+                ("TRACKER__MQTT__PASSWORD", "hunter2"),
+            ],
+        )
+        .unwrap();
+        assert!(!format!("{probe:?}").contains("hunter2"));
+        assert_eq!(probe.mqtt.credentials().unwrap().1, "hunter2");
+    }
+}

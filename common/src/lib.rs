@@ -1,0 +1,13 @@
+//! What the pixel edge and the store sink share: the validated [`Visit`], how it travels over MQTT
+//! ([`wire`]), how it is written to the log ([`line`]), and the plumbing both binaries need
+//! (layered settings, logging, shutdown signals).
+
+pub mod configuration;
+pub mod line;
+pub mod shutdown;
+pub mod telemetry;
+pub mod timestamp;
+pub mod visit;
+pub mod wire;
+
+pub use visit::{HeaderText, Visit};

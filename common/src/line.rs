@@ -1,0 +1,286 @@
+//! The visits log line: `time|referrer|user-agent|ip`, one visit per line, and its escaping.
+//!
+//! - time: ISO 8601 UTC, 7 fractional digits, `Z` (see [`crate::timestamp`]);
+//! - referrer, user-agent: `null` when absent or empty, otherwise the header bytes (cut at the
+//!   configured cap) escaped so that no value can break or forge a line and the bytes can be recovered:
+//!   `\` → `\\`, `|` → `\|`; control characters (U+0000–U+001F, U+007F–U+009F), U+2028 and U+2029 as
+//!   `\xHH` per UTF-8 byte; bytes that are not UTF-8 as `\xHH`; a value that is literally `null` has
+//!   its first byte written `\x6e`, so a bare `null` always means "absent";
+//! - ip: the visitor's address as text.
+
+use std::io::Write;
+
+use crate::{timestamp, HeaderText, Visit};
+
+/// Written in place of an absent referrer or user-agent.
+pub const NULL: &[u8] = b"null";
+
+/// Appends the visit's line, newline included, to `out`; header values are cut at `max_field_bytes`.
+pub fn write_line(visit: &Visit, max_field_bytes: usize, out: &mut Vec<u8>) {
+    timestamp::write(&visit.ts, out);
+    for field in [&visit.referrer, &visit.user_agent] {
+        out.push(b'|');
+        match field {
+            Some(text) => escape_into(truncate(text.as_bytes(), max_field_bytes), out),
+            None => out.extend_from_slice(NULL),
+        }
+    }
+    // Writing into a Vec cannot fail.
+    let _ = writeln!(out, "|{}", visit.ip);
+}
+
+/// The first `max` bytes of `bytes`, moved back (by at most 3 bytes) so as not to split a UTF-8 character.
+pub fn truncate(bytes: &[u8], max: usize) -> &[u8] {
+    if bytes.len() <= max {
+        return bytes;
+    }
+    let is_continuation = |b: u8| b & 0xC0 == 0x80;
+    let mut end = max;
+    while end > 0 && max - end < 3 && is_continuation(bytes[end]) {
+        end -= 1;
+    }
+    if is_continuation(bytes[end]) {
+        end = max; // Not UTF-8 here anyway: keep every byte the cap allows.
+    }
+    &bytes[..end]
+}
+
+/// Appends `bytes` escaped so that the result holds no `|`, line break or other control character.
+pub fn escape_into(bytes: &[u8], out: &mut Vec<u8>) {
+    if bytes == NULL {
+        out.extend_from_slice(b"\\x6eull");
+        return;
+    }
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => out.extend_from_slice(b"\\\\"),
+                '|' => out.extend_from_slice(b"\\|"),
+                c if c.is_control() || c == '\u{2028}' || c == '\u{2029}' => {
+                    hex_escape(c.encode_utf8(&mut [0; 4]).as_bytes(), out)
+                }
+                c => out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
+            }
+        }
+        hex_escape(chunk.invalid(), out);
+    }
+}
+
+fn hex_escape(bytes: &[u8], out: &mut Vec<u8>) {
+    for b in bytes {
+        // Writing into a Vec cannot fail.
+        let _ = write!(out, "\\x{b:02x}");
+    }
+}
+
+/// Why a field of the log cannot be read back.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum UnescapeError {
+    #[error("a lone backslash ends the field")]
+    TrailingBackslash,
+    #[error("bad escape at byte {0}")]
+    BadEscape(usize),
+}
+
+/// Recovers the original header bytes from a referrer or user-agent field of the log.
+/// `Ok(None)` is the bare `null` of an absent header.
+pub fn unescape_field(field: &[u8]) -> Result<Option<HeaderText>, UnescapeError> {
+    if field == NULL {
+        return Ok(None);
+    }
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        if field[i] != b'\\' {
+            out.push(field[i]);
+            i += 1;
+            continue;
+        }
+        match field.get(i + 1) {
+            None => return Err(UnescapeError::TrailingBackslash),
+            Some(b'\\' | b'|') => {
+                out.push(field[i + 1]);
+                i += 2;
+            }
+            Some(b'x') => {
+                let hex = field.get(i + 2..i + 4).ok_or(UnescapeError::BadEscape(i))?;
+                let hex = std::str::from_utf8(hex).map_err(|_| UnescapeError::BadEscape(i))?;
+                out.push(u8::from_str_radix(hex, 16).map_err(|_| UnescapeError::BadEscape(i))?);
+                i += 4;
+            }
+            Some(_) => return Err(UnescapeError::BadEscape(i)),
+        }
+    }
+    Ok(HeaderText::new(out))
+}
+
+/// Splits a log line (without its newline) into its four fields at the unescaped `|`s.
+pub fn split_fields(line: &[u8]) -> Option<[&[u8]; 4]> {
+    let mut fields = Vec::with_capacity(4);
+    let mut start = 0;
+    let mut i = 0;
+    while i < line.len() {
+        match line[i] {
+            b'\\' => i += 2,
+            b'|' => {
+                fields.push(&line[start..i]);
+                start = i + 1;
+                i += 1;
+            }
+            _ => i += 1,
+        }
+    }
+    fields.push(&line[start.min(line.len())..]);
+    fields.try_into().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeZone, Utc};
+
+    use super::*;
+
+    fn escaped(bytes: &[u8]) -> String {
+        let mut out = Vec::new();
+        escape_into(bytes, &mut out);
+        String::from_utf8(out).expect("escaped text is UTF-8")
+    }
+
+    fn visit(referrer: Option<&[u8]>, user_agent: Option<&[u8]>, ip: &str) -> Visit {
+        let mut visit = Visit::new(
+            Utc.with_ymd_and_hms(2022, 12, 19, 14, 16, 49).unwrap()
+                + chrono::Duration::nanoseconds(960_528_000),
+            referrer.and_then(HeaderText::new),
+            user_agent.and_then(HeaderText::new),
+            ip.parse().unwrap(),
+            "edge",
+        );
+        visit.edge.clear();
+        visit
+    }
+
+    fn line_of(visit: &Visit, cap: usize) -> String {
+        let mut out = Vec::new();
+        write_line(visit, cap, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn lines_match_the_task_examples() {
+        let full = visit(
+            Some(b"https://google.com"),
+            Some(b"SomeUserAgent 1.2.3"),
+            "192.168.1.1",
+        );
+        assert_eq!(
+            line_of(&full, 4096),
+            "2022-12-19T14:16:49.9605280Z|https://google.com|SomeUserAgent 1.2.3|192.168.1.1\n"
+        );
+        let bare = visit(None, Some(b""), "8.8.8.8");
+        assert_eq!(
+            line_of(&bare, 4096),
+            "2022-12-19T14:16:49.9605280Z|null|null|8.8.8.8\n"
+        );
+        let v6 = visit(None, None, "2001:db8::1");
+        assert_eq!(
+            line_of(&v6, 4096),
+            "2022-12-19T14:16:49.9605280Z|null|null|2001:db8::1\n"
+        );
+    }
+
+    #[test]
+    fn escaping_neutralises_separators_breaks_and_controls() {
+        assert_eq!(escaped(b"a|b\\c"), r"a\|b\\c");
+        assert_eq!(escaped(b"x\ny\rz\t\x00\x7f"), r"x\x0ay\x0dz\x09\x00\x7f");
+        assert_eq!(
+            escaped("nel\u{85}ls\u{2028}ps\u{2029}".as_bytes()),
+            r"nel\xc2\x85ls\xe2\x80\xa8ps\xe2\x80\xa9"
+        );
+        assert_eq!(escaped(b"bad\xff\xfeend"), r"bad\xff\xfeend");
+        assert_eq!(
+            escaped("Mozilla/5.0 (Ünïcödé; 日本)".as_bytes()),
+            "Mozilla/5.0 (Ünïcödé; 日本)"
+        );
+        assert_eq!(escaped(b"null"), r"\x6eull");
+        assert_eq!(escaped(b"nullx"), "nullx");
+    }
+
+    #[test]
+    fn a_forged_line_stays_inside_its_field() {
+        let forged = visit(
+            None,
+            Some(b"ua|1.1.1.1\n2022-01-01T00:00:00.0000000Z|x|y|6.6.6.6"),
+            "9.9.9.9",
+        );
+        let line = line_of(&forged, 4096);
+        assert_eq!(line.matches('\n').count(), 1);
+        let fields = split_fields(line.trim_end().as_bytes()).unwrap();
+        assert_eq!(fields[3], b"9.9.9.9");
+        assert_eq!(unescape_field(fields[2]).unwrap(), forged.user_agent);
+    }
+
+    #[test]
+    fn every_byte_string_round_trips() {
+        let mut samples: Vec<Vec<u8>> = vec![
+            b"|".to_vec(),
+            b"\\".to_vec(),
+            b"\\x41".to_vec(),
+            b"\\|\\\\||".to_vec(),
+            b"null".to_vec(),
+            "\u{2028}\u{2029}\u{9f}\u{a0}".as_bytes().to_vec(),
+            b"\xc3".to_vec(),
+            b"\xe2\x80".to_vec(),
+            b"ok\xed\xa0\x80surrogate".to_vec(),
+        ];
+        samples.push((0u8..=255).collect());
+        samples.push((0u8..=255).rev().cycle().take(1000).collect());
+        for sample in samples {
+            let text = escaped(&sample);
+            assert!(!text.contains('|') || text.contains("\\|"));
+            assert!(!text.bytes().any(|b| b < 0x20 || b == 0x7f), "{text}");
+            assert_eq!(
+                unescape_field(text.as_bytes()).unwrap().unwrap().as_bytes(),
+                &sample[..]
+            );
+            let line = line_of(&visit(Some(&sample), Some(&sample), "1.2.3.4"), usize::MAX);
+            let fields = split_fields(line.trim_end_matches('\n').as_bytes()).unwrap();
+            assert_eq!(
+                unescape_field(fields[1]).unwrap().unwrap().as_bytes(),
+                &sample[..]
+            );
+            assert_eq!(fields[3], b"1.2.3.4");
+        }
+        assert_eq!(unescape_field(b"null").unwrap(), None);
+    }
+
+    #[test]
+    fn malformed_escapes_are_errors() {
+        assert_eq!(
+            unescape_field(b"a\\"),
+            Err(UnescapeError::TrailingBackslash)
+        );
+        assert_eq!(unescape_field(b"a\\q"), Err(UnescapeError::BadEscape(1)));
+        assert_eq!(unescape_field(b"\\x4"), Err(UnescapeError::BadEscape(0)));
+        assert_eq!(unescape_field(b"\\xzz"), Err(UnescapeError::BadEscape(0)));
+    }
+
+    #[test]
+    fn the_cap_cuts_at_a_character_boundary() {
+        assert_eq!(truncate(b"abcdef", 4), b"abcd");
+        assert_eq!(truncate(b"abc", 4), b"abc");
+        let text = "aé日".as_bytes(); // 1 + 2 + 3 bytes
+        assert_eq!(truncate(text, 2), b"a");
+        assert_eq!(truncate(text, 3), "aé".as_bytes());
+        assert_eq!(truncate(text, 5), "aé".as_bytes());
+        assert_eq!(truncate(b"\x80\x80\x80\x80\x80", 4), b"\x80\x80\x80\x80");
+        let long = visit(
+            Some(&[b'r'; 5000]),
+            Some("é".repeat(3000).as_bytes()),
+            "1.2.3.4",
+        );
+        let line = line_of(&long, 4096);
+        let fields = split_fields(line.trim_end().as_bytes()).unwrap();
+        assert_eq!(fields[1].len(), 4096);
+        assert_eq!(fields[2].len(), 4096);
+    }
+}

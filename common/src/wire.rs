@@ -1,0 +1,267 @@
+//! The MQTT payload between edge and sink: NDJSON, one v1 event per line, so a busy edge can pack
+//! several visits into one message.
+//!
+//! `{"v":1,"id":"<uuid v7>","ts":"2022-12-19T14:16:49.9605280Z","referrer":null,"user_agent":"...","ip":"192.168.1.1","edge":"edge-a"}`
+//!
+//! `referrer` and `user_agent` are `null` when absent or empty, a JSON string when the header was valid
+//! UTF-8, and `{"b64":"<standard base64>"}` when it was not, so any byte a client sent arrives intact.
+
+use std::net::IpAddr;
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use uuid::Uuid;
+
+use crate::{timestamp, HeaderText, Visit};
+
+/// The only event version this build reads and writes.
+pub const EVENT_VERSION: u64 = 1;
+
+/// Why one line of a message is not a visit.
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    #[error("unsupported event version {0}")]
+    UnsupportedVersion(String),
+    #[error("not a v1 visit event: {0}")]
+    Invalid(#[from] serde_json::Error),
+}
+
+/// Appends `visit` to `out` as one JSON line, newline included.
+pub fn encode_event(visit: &Visit, out: &mut Vec<u8>) {
+    let event = EventOut {
+        v: EVENT_VERSION,
+        id: &visit.id,
+        ts: timestamp::to_string(&visit.ts),
+        referrer: visit.referrer.as_ref(),
+        user_agent: visit.user_agent.as_ref(),
+        ip: &visit.ip,
+        edge: &visit.edge,
+    };
+    serde_json::to_writer(&mut *out, &event).expect("a visit always serialises");
+    out.push(b'\n');
+}
+
+/// Splits a message into its event lines (blank lines are skipped) and decodes each one on its own,
+/// so one bad line does not cost the good ones.
+pub fn decode_message(payload: &[u8]) -> impl Iterator<Item = (&[u8], Result<Visit, EventError>)> {
+    payload
+        .split(|&b| b == b'\n')
+        .filter(|line| !line.trim_ascii().is_empty())
+        .map(|line| (line, decode_event(line)))
+}
+
+/// Decodes one JSON event; the visit's IP is canonical (IPv4-mapped IPv6 becomes IPv4).
+pub fn decode_event(line: &[u8]) -> Result<Visit, EventError> {
+    match serde_json::from_slice::<EventIn>(line) {
+        Ok(event) if event.v == EVENT_VERSION => Ok(Visit {
+            id: event.id,
+            ts: event.ts,
+            referrer: event.referrer.and_then(WireText::into_header),
+            user_agent: event.user_agent.and_then(WireText::into_header),
+            ip: event.ip.to_canonical(),
+            edge: event.edge,
+        }),
+        Ok(event) => Err(EventError::UnsupportedVersion(event.v.to_string())),
+        Err(err) => Err(version_error(line).unwrap_or(EventError::Invalid(err))),
+    }
+}
+
+/// A newer (or nonsense) version usually fails v1's field checks first; name the version instead.
+fn version_error(line: &[u8]) -> Option<EventError> {
+    #[derive(Deserialize)]
+    struct VersionOnly {
+        v: Option<serde_json::Value>,
+    }
+    let v = serde_json::from_slice::<VersionOnly>(line).ok()?.v?;
+    (v != serde_json::Value::from(EVENT_VERSION))
+        .then(|| EventError::UnsupportedVersion(v.to_string()))
+}
+
+#[derive(Serialize)]
+struct EventOut<'a> {
+    v: u64,
+    id: &'a Uuid,
+    ts: String,
+    referrer: Option<&'a HeaderText>,
+    user_agent: Option<&'a HeaderText>,
+    ip: &'a IpAddr,
+    edge: &'a str,
+}
+
+#[derive(Deserialize)]
+struct EventIn {
+    v: u64,
+    id: Uuid,
+    #[serde(deserialize_with = "deserialize_ts")]
+    ts: DateTime<Utc>,
+    #[serde(default)]
+    referrer: Option<WireText>,
+    #[serde(default)]
+    user_agent: Option<WireText>,
+    ip: IpAddr,
+    edge: String,
+}
+
+impl Serialize for HeaderText {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match std::str::from_utf8(self.as_bytes()) {
+            Ok(text) => serializer.serialize_str(text),
+            Err(_) => WireText::Bytes {
+                b64: BASE64.encode(self.as_bytes()),
+            }
+            .serialize(serializer),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum WireText {
+    Text(String),
+    Bytes {
+        #[serde(deserialize_with = "deserialize_base64")]
+        b64: String,
+    },
+}
+
+impl WireText {
+    fn into_header(self) -> Option<HeaderText> {
+        match self {
+            WireText::Text(text) => HeaderText::new(text),
+            WireText::Bytes { b64 } => {
+                HeaderText::new(BASE64.decode(b64).expect("checked while deserialising"))
+            }
+        }
+    }
+}
+
+fn deserialize_base64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    let b64 = String::deserialize(deserializer)?;
+    BASE64.decode(&b64).map_err(D::Error::custom)?;
+    Ok(b64)
+}
+
+fn deserialize_ts<'de, D: Deserializer<'de>>(deserializer: D) -> Result<DateTime<Utc>, D::Error> {
+    let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+    DateTime::parse_from_rfc3339(&text)
+        .map(|ts| ts.with_timezone(&Utc))
+        .map_err(|err| D::Error::custom(format!("invalid ts {text:?}: {err}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn visit(referrer: Option<&[u8]>, user_agent: Option<&[u8]>) -> Visit {
+        Visit::new(
+            Utc::now(),
+            referrer.and_then(HeaderText::new),
+            user_agent.and_then(HeaderText::new),
+            "192.168.1.1".parse().unwrap(),
+            "edge-a",
+        )
+    }
+
+    fn encoded(visit: &Visit) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_event(visit, &mut out);
+        out
+    }
+
+    #[test]
+    fn event_round_trips_with_the_documented_shape() {
+        let original = visit(Some(b"https://google.com"), None);
+        let line = encoded(&original);
+        let json: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(json["v"], 1);
+        assert_eq!(json["referrer"], "https://google.com");
+        assert_eq!(json["user_agent"], serde_json::Value::Null);
+        assert_eq!(json["ip"], "192.168.1.1");
+        assert_eq!(json["edge"], "edge-a");
+        assert_eq!(
+            json["ts"].as_str().unwrap().len(),
+            "2022-12-19T14:16:49.9605280Z".len()
+        );
+        assert_eq!(line.last(), Some(&b'\n'));
+
+        let decoded = decode_event(line.trim_ascii_end()).unwrap();
+        let cut_to_100ns = original.ts.timestamp_nanos_opt().unwrap() / 100 * 100;
+        assert_eq!(decoded.ts.timestamp_nanos_opt().unwrap(), cut_to_100ns);
+        assert_eq!(
+            Visit {
+                ts: original.ts,
+                ..decoded
+            },
+            original
+        );
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_travel_as_base64() {
+        let ua: &[u8] = b"Bot \xff\xfe|\n";
+        let original = visit(None, Some(ua));
+        let line = encoded(&original);
+        let json: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(json["user_agent"]["b64"], BASE64.encode(ua));
+        let decoded = decode_event(&line).unwrap();
+        assert_eq!(decoded.user_agent.unwrap().as_bytes(), ua);
+    }
+
+    #[test]
+    fn several_events_per_message_and_bad_lines_fail_alone() {
+        let mut payload = encoded(&visit(None, None));
+        payload.extend_from_slice(b"{not json}\n\n");
+        payload.extend(encoded(&visit(Some(b"r"), None)));
+        let results: Vec<_> = decode_message(&payload).collect();
+        assert_eq!(results.len(), 3);
+        assert!(results[0].1.is_ok());
+        assert_eq!(results[1].0, b"{not json}");
+        assert!(matches!(results[1].1, Err(EventError::Invalid(_))));
+        assert!(results[2].1.is_ok());
+    }
+
+    #[test]
+    fn unknown_version_is_named() {
+        let line = br#"{"v":2,"something":"else"}"#;
+        let err = decode_event(line).unwrap_err();
+        assert_eq!(err.to_string(), "unsupported event version 2");
+        let v2_shaped_like_v1 = String::from_utf8(encoded(&visit(None, None)))
+            .unwrap()
+            .replace(r#""v":1"#, r#""v":7"#);
+        assert!(matches!(
+            decode_event(v2_shaped_like_v1.as_bytes()),
+            Err(EventError::UnsupportedVersion(v)) if v == "7"
+        ));
+    }
+
+    #[test]
+    fn an_event_without_a_valid_ip_is_not_a_visit() {
+        let id = Uuid::now_v7();
+        let missing =
+            format!(r#"{{"v":1,"id":"{id}","ts":"2022-12-19T14:16:49.9605280Z","edge":"e"}}"#);
+        let err = decode_event(missing.as_bytes()).unwrap_err().to_string();
+        assert!(err.contains("missing field `ip`"), "{err}");
+        let bad = missing.replace(r#""edge""#, r#""ip":"999.1.1.1","edge""#);
+        assert!(decode_event(bad.as_bytes()).is_err());
+        let ok = missing.replace(r#""edge""#, r#""ip":"::ffff:8.8.8.8","edge""#);
+        assert_eq!(
+            decode_event(ok.as_bytes()).unwrap().ip.to_string(),
+            "8.8.8.8"
+        );
+    }
+
+    #[test]
+    fn empty_strings_are_absent_and_bad_base64_is_rejected() {
+        let id = Uuid::now_v7();
+        let base = format!(
+            r#"{{"v":1,"id":"{id}","ts":"2022-12-19T14:16:49Z","ip":"8.8.8.8","edge":"e","referrer":"""#
+        );
+        let visit = decode_event(format!(r#"{base}}}"#).as_bytes()).unwrap();
+        assert_eq!(visit.referrer, None);
+        let bad = base.replace(r#""referrer":"""#, r#""referrer":{"b64":"%%%"}"#);
+        assert!(decode_event(format!("{bad}}}").as_bytes()).is_err());
+    }
+}
