@@ -2,6 +2,7 @@
 //! ([`wire`]), how it is written to the log ([`line`]), and the plumbing both binaries need
 //! (layered settings, logging, shutdown signals).
 
+pub mod backoff;
 pub mod configuration;
 pub mod line;
 pub mod shutdown;

@@ -1,0 +1,151 @@
+//! The edge's settings: `mqtt.*`, `http.*` and `edge.*`, layered as described in
+//! [`common::configuration`].
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::configuration::{MqttSettings, SettingsError, Sources};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    pub mqtt: MqttSettings,
+    pub http: HttpSettings,
+    pub edge: EdgeSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct HttpSettings {
+    /// Where the pixel is served, e.g. `0.0.0.0:8080` or `[::]:8080`.
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct EdgeSettings {
+    /// Names this edge in every event and in its topic `{mqtt.topic}/{edge.id}`.
+    pub id: String,
+    /// Visits held in memory while the broker is slow or away; past it a visit is dropped and counted.
+    pub queue_capacity: usize,
+    /// On shutdown, how long the edge keeps trying to deliver what it holds before it gives up.
+    pub drain_timeout_secs: u64,
+}
+
+impl Default for EdgeSettings {
+    fn default() -> Self {
+        Self {
+            // Assumption: the host name is unique among edges (it is per container under compose).
+            id: hostname::get()
+                .map(|name| name.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| "edge".into()),
+            queue_capacity: 100_000,
+            drain_timeout_secs: 10,
+        }
+    }
+}
+
+impl Settings {
+    pub fn load(sources: Sources) -> Result<Self, SettingsError> {
+        let settings: Self = sources.load()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        self.mqtt.validate()?;
+        let id = &self.edge.id;
+        if id.is_empty() || id.contains(['/', '+', '#', '\0']) {
+            return Err(SettingsError::invalid(
+                "edge.id",
+                format!("{id:?} must be non-empty and free of '/', '+' and '#' (it is a topic level)"),
+            ));
+        }
+        if self.edge.queue_capacity == 0 {
+            return Err(SettingsError::invalid("edge.queue_capacity", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The MQTT topic this edge publishes to.
+    pub fn topic(&self) -> String {
+        format!("{}/{}", self.mqtt.topic, self.edge.id)
+    }
+
+    /// The broker client id: `mqtt.client_id`, or `pixel-edge-{edge.id}`.
+    pub fn client_id(&self) -> String {
+        self.mqtt
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("pixel-edge-{}", self.edge.id))
+    }
+
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.edge.drain_timeout_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn load(pairs: &[(&str, &str)]) -> Result<Settings, SettingsError> {
+        let env: HashMap<_, _> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Settings::load(Sources { file: None, env: Some(env) })
+    }
+
+    #[test]
+    fn the_documented_overrides_work() {
+        let settings = load(&[
+            ("TRACKER__MQTT__PORT", "1884"),
+            ("TRACKER__HTTP__LISTEN", "[::]:8080"),
+            ("TRACKER__EDGE__ID", "edge-eu-1"),
+        ])
+        .unwrap();
+        assert_eq!(settings.mqtt.port, 1884);
+        assert_eq!(settings.http.listen, "[::]:8080".parse().unwrap());
+        assert_eq!(settings.topic(), "tracker/visits/edge-eu-1");
+        assert_eq!(settings.client_id(), "pixel-edge-edge-eu-1");
+    }
+
+    #[test]
+    fn the_default_edge_id_is_the_host_name() {
+        let settings = load(&[]).unwrap();
+        assert!(!settings.edge.id.is_empty());
+        assert_eq!(settings.http.listen.port(), 8080);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            ("TRACKER__HTTP__LISTEN", "localhost", "http.listen"),
+            ("TRACKER__EDGE__ID", "a/b", "edge.id"),
+            ("TRACKER__EDGE__QUEUE_CAPACITY", "0", "edge.queue_capacity"),
+            ("TRACKER__EDGE__QUEUE_CAPACITY", "lots", "edge.queue_capacity"),
+            ("TRACKER__MQTT__PORT", "0", "mqtt.port"),
+        ];
+        for (var, value, key) in cases {
+            let err = load(&[(var, value)]).unwrap_err().to_string();
+            assert!(err.contains(key), "{var}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_shipped_settings_file_loads() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("appsettings.json");
+        let settings = Settings::load(Sources { file: Some(path), env: Some(HashMap::new()) }).unwrap();
+        assert_eq!(settings.mqtt.topic, "tracker/visits");
+        assert_eq!(settings.edge.queue_capacity, 100_000);
+    }
+}

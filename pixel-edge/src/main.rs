@@ -1,0 +1,17 @@
+//! The pixel-edge binary: logging, settings, bind, then [`pixel_edge::run`] until SIGTERM or SIGINT.
+
+use anyhow::Context;
+use common::configuration::Sources;
+use common::{shutdown, telemetry};
+use pixel_edge::configuration::Settings;
+use tokio::net::TcpListener;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    telemetry::init();
+    let settings = Settings::load(Sources::from_process())?;
+    let listener = TcpListener::bind(settings.http.listen)
+        .await
+        .with_context(|| format!("binding http.listen = {}", settings.http.listen))?;
+    pixel_edge::run(settings, listener, shutdown::signal_received()).await
+}
