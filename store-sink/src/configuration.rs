@@ -1,0 +1,138 @@
+//! The sink's settings: `mqtt.*` and `storage.*`, layered as described in [`common::configuration`].
+
+use std::path::PathBuf;
+
+use common::configuration::{MqttSettings, SettingsError, Sources};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    pub mqtt: MqttSettings,
+    pub storage: StorageSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct StorageSettings {
+    /// The visits log; created if missing, only ever appended to.
+    pub path: PathBuf,
+    /// Where messages that are not visits are set aside; `<path>.rejected` when unset.
+    pub rejected_path: Option<PathBuf>,
+    /// `fdatasync` each flush before acking (the default). `false` acks once the OS has the bytes:
+    /// faster, but a power cut can then lose acknowledged visits.
+    pub fsync: bool,
+    /// Referrer and user-agent are cut to this many bytes (before escaping).
+    pub max_field_bytes: usize,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("/tmp/visits.log"),
+            rejected_path: None,
+            fsync: true,
+            max_field_bytes: 4096,
+        }
+    }
+}
+
+impl StorageSettings {
+    pub fn rejected_path(&self) -> PathBuf {
+        self.rejected_path.clone().unwrap_or_else(|| {
+            let mut path = self.path.clone().into_os_string();
+            path.push(".rejected");
+            path.into()
+        })
+    }
+}
+
+impl Settings {
+    pub fn load(sources: Sources) -> Result<Self, SettingsError> {
+        let settings: Self = sources.load()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        self.mqtt.validate()?;
+        if self.storage.path.as_os_str().is_empty() {
+            return Err(SettingsError::invalid("storage.path", "must not be empty"));
+        }
+        if self.storage.rejected_path() == self.storage.path {
+            return Err(SettingsError::invalid("storage.rejected_path", "must differ from storage.path"));
+        }
+        if self.storage.max_field_bytes == 0 {
+            return Err(SettingsError::invalid("storage.max_field_bytes", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The broker client id: `mqtt.client_id`, or `store-sink`. It names the persistent session, so it
+    /// must stay the same across restarts.
+    pub fn client_id(&self) -> String {
+        self.mqtt.client_id.clone().unwrap_or_else(|| "store-sink".into())
+    }
+
+    /// The subscription: every edge's topic under the base topic.
+    pub fn topic_filter(&self) -> String {
+        format!("{}/#", self.mqtt.topic)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn load(pairs: &[(&str, &str)]) -> Result<Settings, SettingsError> {
+        let env: HashMap<_, _> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Settings::load(Sources { file: None, env: Some(env) })
+    }
+
+    #[test]
+    fn defaults_and_the_documented_overrides() {
+        let defaults = load(&[]).unwrap();
+        assert_eq!(defaults.storage.path, PathBuf::from("/tmp/visits.log"));
+        assert_eq!(defaults.storage.rejected_path(), PathBuf::from("/tmp/visits.log.rejected"));
+        assert!(defaults.storage.fsync);
+        assert_eq!(defaults.topic_filter(), "tracker/visits/#");
+        assert_eq!(defaults.client_id(), "store-sink");
+
+        let settings = load(&[
+            ("TRACKER__STORAGE__PATH", "/data/visits.log"),
+            ("TRACKER__STORAGE__FSYNC", "false"),
+            ("TRACKER__STORAGE__REJECTED_PATH", "/data/bad.log"),
+            ("TRACKER__MQTT__PORT", "1884"),
+        ])
+        .unwrap();
+        assert_eq!(settings.storage.path, PathBuf::from("/data/visits.log"));
+        assert_eq!(settings.storage.rejected_path(), PathBuf::from("/data/bad.log"));
+        assert!(!settings.storage.fsync);
+        assert_eq!(settings.mqtt.port, 1884);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            ("TRACKER__STORAGE__FSYNC", "sometimes", "storage.fsync"),
+            ("TRACKER__STORAGE__MAX_FIELD_BYTES", "0", "storage.max_field_bytes"),
+            ("TRACKER__STORAGE__MAX_FIELD_BYTES", "-5", "storage.max_field_bytes"),
+            ("TRACKER__STORAGE__REJECTED_PATH", "/tmp/visits.log", "storage.rejected_path"),
+            ("TRACKER__MQTT__TOPIC", "a/+/b", "mqtt.topic"),
+        ];
+        for (var, value, key) in cases {
+            let err = load(&[(var, value)]).unwrap_err().to_string();
+            assert!(err.contains(key), "{var}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_shipped_settings_file_loads() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("appsettings.json");
+        let settings = Settings::load(Sources { file: Some(path), env: Some(HashMap::new()) }).unwrap();
+        assert_eq!(settings.client_id(), "store-sink");
+        assert_eq!(settings.storage.max_field_bytes, 4096);
+    }
+}

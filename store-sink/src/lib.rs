@@ -1,0 +1,54 @@
+//! The store sink: one persistent MQTT session in, one append-only visits log out. A message is acked
+//! only once every visit it carried is written (and, by default, synced).
+
+pub mod append_file;
+pub mod configuration;
+pub mod storage;
+mod subscription;
+mod writer;
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Context;
+use rumqttc::AsyncClient;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::configuration::Settings;
+use crate::storage::Storage;
+use crate::writer::Writer;
+
+/// Room in the client's request channel for a whole batch of acks.
+const REQUEST_CAPACITY: usize = 1024;
+
+/// Stores visits until `shutdown` resolves; then writes, syncs and acks what it has received,
+/// disconnects (keeping the session), and returns.
+pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let storage = Storage::open(&settings.storage).context("opening the visits log")?;
+    let (client, eventloop) = AsyncClient::new(subscription::mqtt_options(&settings), REQUEST_CAPACITY);
+    // Unbounded, yet bounded in effect: the broker sends at most `max_inflight_messages` unacked messages.
+    let (to_writer, messages) = mpsc::unbounded_channel();
+    let mut driver = tokio::spawn(subscription::drive(eventloop, client.clone(), settings.topic_filter(), to_writer));
+    let stop = CancellationToken::new();
+    let writer = tokio::spawn(Writer::new(storage, client.clone()).run(messages, stop.clone()));
+    tracing::info!(
+        path = %settings.storage.path.display(),
+        rejected = %settings.storage.rejected_path().display(),
+        fsync = settings.storage.fsync,
+        broker = %format!("{}:{}", settings.mqtt.host, settings.mqtt.port),
+        "store sink started"
+    );
+
+    shutdown.await;
+    stop.cancel();
+    writer.await.context("the writer task failed")?;
+    // The acks are queued before the DISCONNECT, so they go out first.
+    let _ = client.try_disconnect();
+    if tokio::time::timeout(Duration::from_secs(2), &mut driver).await.is_err() {
+        tracing::warn!("the broker connection did not close in time");
+        driver.abort();
+    }
+    tracing::info!("store sink stopped");
+    Ok(())
+}

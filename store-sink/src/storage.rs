@@ -1,0 +1,132 @@
+//! What the sink writes: visit lines to the log and rejected messages to the dead-letter file,
+//! both through [`AppendFile`] buffers that are flushed (and synced) together, once per batch.
+
+use std::io;
+
+use chrono::Utc;
+use common::{line, timestamp, wire};
+
+use crate::append_file::AppendFile;
+use crate::configuration::StorageSettings;
+
+pub struct Storage {
+    visits: AppendFile,
+    rejected: AppendFile,
+    fsync: bool,
+    max_field_bytes: usize,
+}
+
+/// What one message contributed to the batch.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    pub written: usize,
+    pub rejected: usize,
+}
+
+impl Storage {
+    pub fn open(settings: &StorageSettings) -> io::Result<Self> {
+        let visits = AppendFile::open(&settings.path)
+            .map_err(|err| io::Error::new(err.kind(), format!("storage.path {}: {err}", settings.path.display())))?;
+        let rejected_path = settings.rejected_path();
+        let rejected = AppendFile::open(&rejected_path)
+            .map_err(|err| io::Error::new(err.kind(), format!("storage.rejected_path {}: {err}", rejected_path.display())))?;
+        Ok(Self {
+            visits,
+            rejected,
+            fsync: settings.fsync,
+            max_field_bytes: settings.max_field_bytes,
+        })
+    }
+
+    /// Formats one MQTT message into the buffers: a line per visit, a dead-letter line per bad event.
+    pub fn add_message(&mut self, topic: &str, payload: &[u8]) -> Outcome {
+        let mut outcome = Outcome::default();
+        for (event, decoded) in wire::decode_message(payload) {
+            match decoded {
+                Ok(visit) => {
+                    line::write_line(&visit, self.max_field_bytes, self.visits.buffer());
+                    outcome.written += 1;
+                }
+                Err(err) => {
+                    self.reject(topic, &err.to_string(), event);
+                    outcome.rejected += 1;
+                }
+            }
+        }
+        if outcome == Outcome::default() {
+            self.reject(topic, "message holds no event", payload);
+            outcome.rejected = 1;
+        }
+        outcome
+    }
+
+    /// Dead-letter line: `received-at|topic|reason|payload`, each field escaped as in the visits log.
+    fn reject(&mut self, topic: &str, reason: &str, payload: &[u8]) {
+        tracing::warn!(%topic, %reason, "message set aside in {}", self.rejected.path().display());
+        let out = self.rejected.buffer();
+        timestamp::write(&Utc::now(), out);
+        for field in [topic.as_bytes(), reason.as_bytes(), payload] {
+            out.push(b'|');
+            line::escape_into(field, out);
+        }
+        out.push(b'\n');
+    }
+
+    /// Writes out both buffers (and syncs them when `storage.fsync`). On error, call again: it goes on
+    /// where it stopped.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.visits.flush(self.fsync)?;
+        self.rejected.flush(self.fsync)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use common::{HeaderText, Visit};
+
+    use super::*;
+
+    fn settings(dir: &Path) -> StorageSettings {
+        StorageSettings {
+            path: dir.join("visits.log"),
+            ..StorageSettings::default()
+        }
+    }
+
+    fn event(user_agent: &[u8]) -> Vec<u8> {
+        let visit = Visit::new(Utc::now(), None, HeaderText::new(user_agent), "10.0.0.1".parse().unwrap(), "e");
+        let mut out = Vec::new();
+        wire::encode_event(&visit, &mut out);
+        out
+    }
+
+    #[test]
+    fn good_events_are_written_and_bad_ones_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = settings(dir.path());
+        let mut storage = Storage::open(&settings).unwrap();
+        let mut payload = event(b"good-1");
+        payload.extend_from_slice(b"{\"v\":3}\n");
+        payload.extend(event(b"good-2"));
+        let outcome = storage.add_message("tracker/visits/e", &payload);
+        assert_eq!(outcome, Outcome { written: 2, rejected: 1 });
+        assert_eq!(storage.add_message("tracker/visits/x", b"\xff|\n"), Outcome { written: 0, rejected: 1 });
+        assert_eq!(storage.add_message("tracker/visits/x", b""), Outcome { written: 0, rejected: 1 });
+        storage.flush().unwrap();
+
+        let visits = std::fs::read_to_string(&settings.path).unwrap();
+        let lines: Vec<_> = visits.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].ends_with("|null|good-1|10.0.0.1"), "{}", lines[0]);
+        assert!(lines[1].ends_with("|null|good-2|10.0.0.1"), "{}", lines[1]);
+
+        let rejected = std::fs::read_to_string(settings.rejected_path()).unwrap();
+        let rejected: Vec<_> = rejected.lines().collect();
+        assert_eq!(rejected.len(), 3);
+        assert!(rejected[0].contains("|tracker/visits/e|unsupported event version 3|{\"v\":3}"), "{}", rejected[0]);
+        assert!(rejected[1].ends_with(r"|\xff\|"), "{}", rejected[1]);
+        assert!(rejected[2].ends_with("|tracker/visits/x|message holds no event|"), "{}", rejected[2]);
+    }
+}

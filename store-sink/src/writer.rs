@@ -1,0 +1,98 @@
+//! The writer: takes the messages the subscription forwards, writes every visit they carry, flushes
+//! and syncs once per batch, and only then acks them, in the order they arrived. While writing fails
+//! nothing is acked; the batch is retried with backoff.
+
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Publish};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::storage::Storage;
+
+/// At most this many messages share one flush; the broker keeps up to 1000 in flight to the sink.
+const MAX_BATCH_MESSAGES: usize = 1000;
+
+pub struct Writer {
+    /// `None` only while a flush runs on the blocking pool.
+    storage: Option<Storage>,
+    client: AsyncClient,
+}
+
+impl Writer {
+    pub fn new(storage: Storage, client: AsyncClient) -> Self {
+        Self { storage: Some(storage), client }
+    }
+
+    /// Runs until `stop`: then what was already received is written and acked, and it returns.
+    pub async fn run(mut self, mut messages: mpsc::UnboundedReceiver<Publish>, stop: CancellationToken) {
+        loop {
+            let first = tokio::select! {
+                message = messages.recv() => message,
+                // Closing lets `recv` hand out what is already queued, then end the loop.
+                _ = stop.cancelled(), if !messages.is_closed() => {
+                    messages.close();
+                    continue;
+                }
+            };
+            let Some(first) = first else { break };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH_MESSAGES {
+                match messages.try_recv() {
+                    Ok(message) => batch.push(message),
+                    Err(_) => break,
+                }
+            }
+            if !self.store(&batch, &stop).await {
+                tracing::warn!(messages = batch.len(), "stopping with a batch not written; it stays unacked for redelivery");
+                break;
+            }
+            for message in &batch {
+                if let Err(err) = self.client.ack(message).await {
+                    // The broker redelivers it next session.
+                    tracing::warn!("could not ack a written message: {err}");
+                }
+            }
+        }
+    }
+
+    /// Writes the batch, retrying failed flushes with backoff; `false` if shutdown came first.
+    async fn store(&mut self, batch: &[Publish], stop: &CancellationToken) -> bool {
+        let storage = self.storage.as_mut().expect("storage is back after each flush");
+        let (mut written, mut rejected) = (0, 0);
+        for message in batch {
+            let outcome = storage.add_message(&message.topic, &message.payload);
+            written += outcome.written;
+            rejected += outcome.rejected;
+        }
+        let mut retry_delays = common::backoff::retry_delays();
+        loop {
+            match self.flush().await {
+                Ok(()) => {
+                    tracing::debug!(messages = batch.len(), written, rejected, "batch stored");
+                    return true;
+                }
+                Err(err) => {
+                    let delay = retry_delays.next().unwrap_or(Duration::from_secs(5));
+                    tracing::error!(retry_in = ?delay, "writing visits failed, nothing acked: {err}");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stop.cancelled() => return false,
+                    }
+                }
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        let mut storage = self.storage.take().expect("storage is back after each flush");
+        let (storage, result) = tokio::task::spawn_blocking(move || {
+            let result = storage.flush();
+            (storage, result)
+        })
+        .await
+        .expect("the flush task does not panic");
+        self.storage = Some(storage);
+        result
+    }
+}
