@@ -67,11 +67,16 @@ impl Settings {
         if id.is_empty() || id.contains(['/', '+', '#', '\0']) {
             return Err(SettingsError::invalid(
                 "edge.id",
-                format!("{id:?} must be non-empty and free of '/', '+' and '#' (it is a topic level)"),
+                format!(
+                    "{id:?} must be non-empty and free of '/', '+' and '#' (it is a topic level)"
+                ),
             ));
         }
         if self.edge.queue_capacity == 0 {
-            return Err(SettingsError::invalid("edge.queue_capacity", "must be at least 1"));
+            return Err(SettingsError::invalid(
+                "edge.queue_capacity",
+                "must be at least 1",
+            ));
         }
         Ok(())
     }
@@ -101,8 +106,14 @@ mod tests {
     use super::*;
 
     fn load(pairs: &[(&str, &str)]) -> Result<Settings, SettingsError> {
-        let env: HashMap<_, _> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Settings::load(Sources { file: None, env: Some(env) })
+        let env: HashMap<_, _> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::load(Sources {
+            file: None,
+            env: Some(env),
+        })
     }
 
     #[test]
@@ -132,7 +143,11 @@ mod tests {
             ("TRACKER__HTTP__LISTEN", "localhost", "http.listen"),
             ("TRACKER__EDGE__ID", "a/b", "edge.id"),
             ("TRACKER__EDGE__QUEUE_CAPACITY", "0", "edge.queue_capacity"),
-            ("TRACKER__EDGE__QUEUE_CAPACITY", "lots", "edge.queue_capacity"),
+            (
+                "TRACKER__EDGE__QUEUE_CAPACITY",
+                "lots",
+                "edge.queue_capacity",
+            ),
             ("TRACKER__MQTT__PORT", "0", "mqtt.port"),
         ];
         for (var, value, key) in cases {
@@ -144,7 +159,11 @@ mod tests {
     #[test]
     fn the_shipped_settings_file_loads() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("appsettings.json");
-        let settings = Settings::load(Sources { file: Some(path), env: Some(HashMap::new()) }).unwrap();
+        let settings = Settings::load(Sources {
+            file: Some(path),
+            env: Some(HashMap::new()),
+        })
+        .unwrap();
         assert_eq!(settings.mqtt.topic, "tracker/visits");
         assert_eq!(settings.edge.queue_capacity, 100_000);
     }

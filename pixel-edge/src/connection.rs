@@ -27,13 +27,19 @@ impl Connection {
         let (client, eventloop) = AsyncClient::new(options, request_capacity);
         let (tx, events) = mpsc::unbounded_channel();
         let driver = tokio::spawn(drive(eventloop, tx));
-        Self { client, events, driver }
+        Self {
+            client,
+            events,
+            driver,
+        }
     }
 
     /// Sends DISCONNECT and gives the driver up to `grace` to get it out; then drops the connection.
     pub async fn close(mut self, grace: Duration) {
         if self.client.try_disconnect().is_ok() {
-            let _ = tokio::time::timeout(grace, async { while self.events.recv().await.is_some() {} }).await;
+            let _ =
+                tokio::time::timeout(grace, async { while self.events.recv().await.is_some() {} })
+                    .await;
         }
         self.driver.abort();
     }

@@ -58,7 +58,10 @@ pub async fn run(
     stop_publishing.cancel();
     let undelivered = publisher.await?;
     if undelivered > 0 {
-        tracing::error!(undelivered, "shut down with visits that could not be delivered");
+        tracing::error!(
+            undelivered,
+            "shut down with visits that could not be delivered"
+        );
     }
     Ok(())
 }

@@ -57,7 +57,11 @@ pub struct Publisher {
 
 impl Publisher {
     pub fn new(settings: &Settings, queue: mpsc::Receiver<EncodedVisit>) -> Self {
-        let mut options = MqttOptions::new(settings.client_id(), &settings.mqtt.host, settings.mqtt.port);
+        let mut options = MqttOptions::new(
+            settings.client_id(),
+            &settings.mqtt.host,
+            settings.mqtt.port,
+        );
         options.set_keep_alive(Duration::from_secs(15));
         // The edge keeps no broker session: it resends what was not acked itself (see `connection`).
         options.set_clean_start(true);
@@ -129,7 +133,11 @@ impl Publisher {
     }
 
     fn held_visits(&self) -> u64 {
-        let batches = self.outbox.iter().chain(&self.submitted).chain(self.in_flight.values());
+        let batches = self
+            .outbox
+            .iter()
+            .chain(&self.submitted)
+            .chain(self.in_flight.values());
         (batches.map(|b| b.visits).sum::<usize>() + self.queue.len()) as u64
     }
 
@@ -169,7 +177,10 @@ impl Publisher {
                 Err(_) => break,
             }
         }
-        Batch { payload: payload.into(), visits }
+        Batch {
+            payload: payload.into(),
+            visits,
+        }
     }
 
     fn connect(&mut self) {
@@ -190,7 +201,9 @@ impl Publisher {
                 }
             }
             Some(Ok(Event::Incoming(Incoming::PubAck(ack)))) => {
-                let Some(batch) = self.in_flight.remove(&ack.pkid) else { return };
+                let Some(batch) = self.in_flight.remove(&ack.pkid) else {
+                    return;
+                };
                 if ack.reason == PubAckReason::Success {
                     self.delivered += batch.visits as u64;
                 } else {
@@ -210,7 +223,11 @@ impl Publisher {
         let delay = self.retry_delays.next().unwrap_or(Duration::from_secs(5));
         let resend = self.submitted.len() + self.in_flight.len();
         tracing::warn!(batches_to_resend = resend, retry_in = ?delay, "broker connection lost: {why}");
-        let unacked: Vec<Batch> = self.submitted.drain(..).chain(self.in_flight.drain().map(|(_, b)| b)).collect();
+        let unacked: Vec<Batch> = self
+            .submitted
+            .drain(..)
+            .chain(self.in_flight.drain().map(|(_, b)| b))
+            .collect();
         for batch in unacked.into_iter().rev() {
             self.outbox.push_front(batch);
         }
@@ -222,9 +239,16 @@ impl Publisher {
     async fn finish(mut self) -> u64 {
         let undelivered = self.held_visits();
         if undelivered == 0 {
-            tracing::info!(delivered = self.delivered, "publisher stopped, everything delivered");
+            tracing::info!(
+                delivered = self.delivered,
+                "publisher stopped, everything delivered"
+            );
         } else {
-            tracing::error!(delivered = self.delivered, undelivered, "publisher stopped before delivering every visit");
+            tracing::error!(
+                delivered = self.delivered,
+                undelivered,
+                "publisher stopped before delivering every visit"
+            );
         }
         if let Some(connection) = self.connection.take() {
             connection.close(Duration::from_secs(2)).await;

@@ -27,7 +27,13 @@ struct DropCounter {
 /// A queue holding at most `capacity` visits; the receiver goes to the publisher.
 pub fn channel(capacity: usize) -> (VisitQueue, mpsc::Receiver<EncodedVisit>) {
     let (tx, rx) = mpsc::channel(capacity);
-    (VisitQueue { tx, dropped: Arc::default() }, rx)
+    (
+        VisitQueue {
+            tx,
+            dropped: Arc::default(),
+        },
+        rx,
+    )
 }
 
 impl VisitQueue {
@@ -35,7 +41,9 @@ impl VisitQueue {
     pub fn push(&self, visit: EncodedVisit) {
         if let Err(err) = self.tx.try_send(visit) {
             let total = self.dropped.total.fetch_add(1, Ordering::Relaxed) + 1;
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
             if self.dropped.last_warned.swap(now, Ordering::Relaxed) != now {
                 let why = match err {
                     mpsc::error::TrySendError::Full(_) => "the queue is full",

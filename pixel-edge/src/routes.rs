@@ -17,7 +17,8 @@ pub const PIXEL_GIF: [u8; 43] = [
     b'G', b'I', b'F', b'8', b'9', b'a', // header
     0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, // 1x1, global colour table of 2 entries
     0x00, 0x00, 0x00, 0xff, 0xff, 0xff, // colours 0 and 1
-    0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, // graphic control extension: transparent index 0
+    0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00,
+    0x00, // graphic control extension: transparent index 0
     0x2c, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x01, 0x00, 0x00, // image descriptor
     0x02, 0x02, 0x44, 0x01, 0x00, // LZW: clear, 0, end
     0x3b, // trailer
@@ -32,16 +33,16 @@ pub fn routes(
         .and(warp::method())
         .and(warp::header::headers_cloned())
         .and(warp::addr::remote())
-        .map(move |method: Method, headers: HeaderMap, peer: Option<SocketAddr>| {
-            match method {
+        .map(
+            move |method: Method, headers: HeaderMap, peer: Option<SocketAddr>| match method {
                 Method::GET => {
                     record(&headers, peer, &queue, &edge_id);
                     pixel()
                 }
                 Method::HEAD => pixel(),
                 _ => method_not_allowed(),
-            }
-        })
+            },
+        )
 }
 
 fn record(headers: &HeaderMap, peer: Option<SocketAddr>, queue: &VisitQueue, edge_id: &str) {
@@ -51,7 +52,11 @@ fn record(headers: &HeaderMap, peer: Option<SocketAddr>, queue: &VisitQueue, edg
         tracing::warn!("request without a peer address is not a visit");
         return;
     };
-    let header_text = |name| headers.get(name).and_then(|v: &HeaderValue| HeaderText::new(v.as_bytes()));
+    let header_text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| HeaderText::new(v.as_bytes()))
+    };
     let visit = Visit::new(
         ts,
         header_text(header::REFERER),
@@ -67,7 +72,10 @@ fn record(headers: &HeaderMap, peer: Option<SocketAddr>, queue: &VisitQueue, edg
 fn pixel() -> Response<&'static [u8]> {
     Response::builder()
         .header(header::CONTENT_TYPE, "image/gif")
-        .header(header::CACHE_CONTROL, "no-store, no-cache, must-revalidate, max-age=0")
+        .header(
+            header::CACHE_CONTROL,
+            "no-store, no-cache, must-revalidate, max-age=0",
+        )
         .header(header::PRAGMA, "no-cache")
         .header(header::EXPIRES, "0")
         .body(&PIXEL_GIF[..])

@@ -60,10 +60,16 @@ impl Settings {
             return Err(SettingsError::invalid("storage.path", "must not be empty"));
         }
         if self.storage.rejected_path() == self.storage.path {
-            return Err(SettingsError::invalid("storage.rejected_path", "must differ from storage.path"));
+            return Err(SettingsError::invalid(
+                "storage.rejected_path",
+                "must differ from storage.path",
+            ));
         }
         if self.storage.max_field_bytes == 0 {
-            return Err(SettingsError::invalid("storage.max_field_bytes", "must be at least 1"));
+            return Err(SettingsError::invalid(
+                "storage.max_field_bytes",
+                "must be at least 1",
+            ));
         }
         Ok(())
     }
@@ -71,7 +77,10 @@ impl Settings {
     /// The broker client id: `mqtt.client_id`, or `store-sink`. It names the persistent session, so it
     /// must stay the same across restarts.
     pub fn client_id(&self) -> String {
-        self.mqtt.client_id.clone().unwrap_or_else(|| "store-sink".into())
+        self.mqtt
+            .client_id
+            .clone()
+            .unwrap_or_else(|| "store-sink".into())
     }
 
     /// The subscription: every edge's topic under the base topic.
@@ -87,15 +96,24 @@ mod tests {
     use super::*;
 
     fn load(pairs: &[(&str, &str)]) -> Result<Settings, SettingsError> {
-        let env: HashMap<_, _> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Settings::load(Sources { file: None, env: Some(env) })
+        let env: HashMap<_, _> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::load(Sources {
+            file: None,
+            env: Some(env),
+        })
     }
 
     #[test]
     fn defaults_and_the_documented_overrides() {
         let defaults = load(&[]).unwrap();
         assert_eq!(defaults.storage.path, PathBuf::from("/tmp/visits.log"));
-        assert_eq!(defaults.storage.rejected_path(), PathBuf::from("/tmp/visits.log.rejected"));
+        assert_eq!(
+            defaults.storage.rejected_path(),
+            PathBuf::from("/tmp/visits.log.rejected")
+        );
         assert!(defaults.storage.fsync);
         assert_eq!(defaults.topic_filter(), "tracker/visits/#");
         assert_eq!(defaults.client_id(), "store-sink");
@@ -108,7 +126,10 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(settings.storage.path, PathBuf::from("/data/visits.log"));
-        assert_eq!(settings.storage.rejected_path(), PathBuf::from("/data/bad.log"));
+        assert_eq!(
+            settings.storage.rejected_path(),
+            PathBuf::from("/data/bad.log")
+        );
         assert!(!settings.storage.fsync);
         assert_eq!(settings.mqtt.port, 1884);
     }
@@ -117,9 +138,21 @@ mod tests {
     fn bad_values_name_their_key() {
         let cases = [
             ("TRACKER__STORAGE__FSYNC", "sometimes", "storage.fsync"),
-            ("TRACKER__STORAGE__MAX_FIELD_BYTES", "0", "storage.max_field_bytes"),
-            ("TRACKER__STORAGE__MAX_FIELD_BYTES", "-5", "storage.max_field_bytes"),
-            ("TRACKER__STORAGE__REJECTED_PATH", "/tmp/visits.log", "storage.rejected_path"),
+            (
+                "TRACKER__STORAGE__MAX_FIELD_BYTES",
+                "0",
+                "storage.max_field_bytes",
+            ),
+            (
+                "TRACKER__STORAGE__MAX_FIELD_BYTES",
+                "-5",
+                "storage.max_field_bytes",
+            ),
+            (
+                "TRACKER__STORAGE__REJECTED_PATH",
+                "/tmp/visits.log",
+                "storage.rejected_path",
+            ),
             ("TRACKER__MQTT__TOPIC", "a/+/b", "mqtt.topic"),
         ];
         for (var, value, key) in cases {
@@ -131,7 +164,11 @@ mod tests {
     #[test]
     fn the_shipped_settings_file_loads() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("appsettings.json");
-        let settings = Settings::load(Sources { file: Some(path), env: Some(HashMap::new()) }).unwrap();
+        let settings = Settings::load(Sources {
+            file: Some(path),
+            env: Some(HashMap::new()),
+        })
+        .unwrap();
         assert_eq!(settings.client_id(), "store-sink");
         assert_eq!(settings.storage.max_field_bytes, 4096);
     }

@@ -26,10 +26,16 @@ const REQUEST_CAPACITY: usize = 1024;
 /// disconnects (keeping the session), and returns.
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let storage = Storage::open(&settings.storage).context("opening the visits log")?;
-    let (client, eventloop) = AsyncClient::new(subscription::mqtt_options(&settings), REQUEST_CAPACITY);
+    let (client, eventloop) =
+        AsyncClient::new(subscription::mqtt_options(&settings), REQUEST_CAPACITY);
     // Unbounded, yet bounded in effect: the broker sends at most `max_inflight_messages` unacked messages.
     let (to_writer, messages) = mpsc::unbounded_channel();
-    let mut driver = tokio::spawn(subscription::drive(eventloop, client.clone(), settings.topic_filter(), to_writer));
+    let mut driver = tokio::spawn(subscription::drive(
+        eventloop,
+        client.clone(),
+        settings.topic_filter(),
+        to_writer,
+    ));
     let stop = CancellationToken::new();
     let writer = tokio::spawn(Writer::new(storage, client.clone()).run(messages, stop.clone()));
     tracing::info!(
@@ -45,7 +51,10 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     writer.await.context("the writer task failed")?;
     // The acks are queued before the DISCONNECT, so they go out first.
     let _ = client.try_disconnect();
-    if tokio::time::timeout(Duration::from_secs(2), &mut driver).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(2), &mut driver)
+        .await
+        .is_err()
+    {
         tracing::warn!("the broker connection did not close in time");
         driver.abort();
     }

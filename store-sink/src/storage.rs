@@ -25,11 +25,19 @@ pub struct Outcome {
 
 impl Storage {
     pub fn open(settings: &StorageSettings) -> io::Result<Self> {
-        let visits = AppendFile::open(&settings.path)
-            .map_err(|err| io::Error::new(err.kind(), format!("storage.path {}: {err}", settings.path.display())))?;
+        let visits = AppendFile::open(&settings.path).map_err(|err| {
+            io::Error::new(
+                err.kind(),
+                format!("storage.path {}: {err}", settings.path.display()),
+            )
+        })?;
         let rejected_path = settings.rejected_path();
-        let rejected = AppendFile::open(&rejected_path)
-            .map_err(|err| io::Error::new(err.kind(), format!("storage.rejected_path {}: {err}", rejected_path.display())))?;
+        let rejected = AppendFile::open(&rejected_path).map_err(|err| {
+            io::Error::new(
+                err.kind(),
+                format!("storage.rejected_path {}: {err}", rejected_path.display()),
+            )
+        })?;
         Ok(Self {
             visits,
             rejected,
@@ -96,7 +104,13 @@ mod tests {
     }
 
     fn event(user_agent: &[u8]) -> Vec<u8> {
-        let visit = Visit::new(Utc::now(), None, HeaderText::new(user_agent), "10.0.0.1".parse().unwrap(), "e");
+        let visit = Visit::new(
+            Utc::now(),
+            None,
+            HeaderText::new(user_agent),
+            "10.0.0.1".parse().unwrap(),
+            "e",
+        );
         let mut out = Vec::new();
         wire::encode_event(&visit, &mut out);
         out
@@ -111,9 +125,27 @@ mod tests {
         payload.extend_from_slice(b"{\"v\":3}\n");
         payload.extend(event(b"good-2"));
         let outcome = storage.add_message("tracker/visits/e", &payload);
-        assert_eq!(outcome, Outcome { written: 2, rejected: 1 });
-        assert_eq!(storage.add_message("tracker/visits/x", b"\xff|\n"), Outcome { written: 0, rejected: 1 });
-        assert_eq!(storage.add_message("tracker/visits/x", b""), Outcome { written: 0, rejected: 1 });
+        assert_eq!(
+            outcome,
+            Outcome {
+                written: 2,
+                rejected: 1
+            }
+        );
+        assert_eq!(
+            storage.add_message("tracker/visits/x", b"\xff|\n"),
+            Outcome {
+                written: 0,
+                rejected: 1
+            }
+        );
+        assert_eq!(
+            storage.add_message("tracker/visits/x", b""),
+            Outcome {
+                written: 0,
+                rejected: 1
+            }
+        );
         storage.flush().unwrap();
 
         let visits = std::fs::read_to_string(&settings.path).unwrap();
@@ -125,8 +157,16 @@ mod tests {
         let rejected = std::fs::read_to_string(settings.rejected_path()).unwrap();
         let rejected: Vec<_> = rejected.lines().collect();
         assert_eq!(rejected.len(), 3);
-        assert!(rejected[0].contains("|tracker/visits/e|unsupported event version 3|{\"v\":3}"), "{}", rejected[0]);
+        assert!(
+            rejected[0].contains("|tracker/visits/e|unsupported event version 3|{\"v\":3}"),
+            "{}",
+            rejected[0]
+        );
         assert!(rejected[1].ends_with(r"|\xff\|"), "{}", rejected[1]);
-        assert!(rejected[2].ends_with("|tracker/visits/x|message holds no event|"), "{}", rejected[2]);
+        assert!(
+            rejected[2].ends_with("|tracker/visits/x|message holds no event|"),
+            "{}",
+            rejected[2]
+        );
     }
 }

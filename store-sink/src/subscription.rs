@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS, SubscribeReasonCode};
+use rumqttc::{
+    AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS, SubscribeReasonCode,
+};
 use tokio::sync::mpsc;
 
 use crate::configuration::Settings;
@@ -16,7 +18,11 @@ const MAX_PACKET_BYTES: usize = 4 * 1024 * 1024;
 /// Options for a persistent session: the broker keeps the subscription and queues visits while the
 /// sink is away.
 pub fn mqtt_options(settings: &Settings) -> MqttOptions {
-    let mut options = MqttOptions::new(settings.client_id(), &settings.mqtt.host, settings.mqtt.port);
+    let mut options = MqttOptions::new(
+        settings.client_id(),
+        &settings.mqtt.host,
+        settings.mqtt.port,
+    );
     options.set_clean_session(false);
     options.set_manual_acks(true);
     options.set_keep_alive(Duration::from_secs(15));
@@ -29,7 +35,12 @@ pub fn mqtt_options(settings: &Settings) -> MqttOptions {
 
 /// Polls until the client's DISCONNECT went out. Messages are forwarded while the writer listens;
 /// after that they stay unacked and the broker delivers them again next session.
-pub async fn drive(mut eventloop: EventLoop, client: AsyncClient, filter: String, to_writer: mpsc::UnboundedSender<Publish>) {
+pub async fn drive(
+    mut eventloop: EventLoop,
+    client: AsyncClient,
+    filter: String,
+    to_writer: mpsc::UnboundedSender<Publish>,
+) {
     let mut retry_delays = common::backoff::retry_delays();
     loop {
         match eventloop.poll().await {
@@ -44,7 +55,11 @@ pub async fn drive(mut eventloop: EventLoop, client: AsyncClient, filter: String
                 }
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                if ack.return_codes.iter().any(|code| *code == SubscribeReasonCode::Failure) {
+                if ack
+                    .return_codes
+                    .iter()
+                    .any(|code| *code == SubscribeReasonCode::Failure)
+                {
                     tracing::error!(%filter, "the broker refused the subscription");
                 }
             }

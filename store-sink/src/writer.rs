@@ -21,11 +21,18 @@ pub struct Writer {
 
 impl Writer {
     pub fn new(storage: Storage, client: AsyncClient) -> Self {
-        Self { storage: Some(storage), client }
+        Self {
+            storage: Some(storage),
+            client,
+        }
     }
 
     /// Runs until `stop`: then what was already received is written and acked, and it returns.
-    pub async fn run(mut self, mut messages: mpsc::UnboundedReceiver<Publish>, stop: CancellationToken) {
+    pub async fn run(
+        mut self,
+        mut messages: mpsc::UnboundedReceiver<Publish>,
+        stop: CancellationToken,
+    ) {
         loop {
             let first = tokio::select! {
                 message = messages.recv() => message,
@@ -44,7 +51,10 @@ impl Writer {
                 }
             }
             if !self.store(&batch, &stop).await {
-                tracing::warn!(messages = batch.len(), "stopping with a batch not written; it stays unacked for redelivery");
+                tracing::warn!(
+                    messages = batch.len(),
+                    "stopping with a batch not written; it stays unacked for redelivery"
+                );
                 break;
             }
             for message in &batch {
@@ -58,7 +68,10 @@ impl Writer {
 
     /// Writes the batch, retrying failed flushes with backoff; `false` if shutdown came first.
     async fn store(&mut self, batch: &[Publish], stop: &CancellationToken) -> bool {
-        let storage = self.storage.as_mut().expect("storage is back after each flush");
+        let storage = self
+            .storage
+            .as_mut()
+            .expect("storage is back after each flush");
         let (mut written, mut rejected) = (0, 0);
         for message in batch {
             let outcome = storage.add_message(&message.topic, &message.payload);
@@ -85,7 +98,10 @@ impl Writer {
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
-        let mut storage = self.storage.take().expect("storage is back after each flush");
+        let mut storage = self
+            .storage
+            .take()
+            .expect("storage is back after each flush");
         let (storage, result) = tokio::task::spawn_blocking(move || {
             let result = storage.flush();
             (storage, result)

@@ -1,0 +1,161 @@
+//! Edges and sinks run in the test's process through their libraries, on the test's broker.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use common::configuration::MqttSettings;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::Broker;
+
+/// A running pixel edge.
+pub struct TestEdge {
+    pub addr: SocketAddr,
+    shutdown: oneshot::Sender<()>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestEdge {
+    /// `http://<addr>/track`
+    pub fn track_url(&self) -> String {
+        format!("http://{}/track", self.addr)
+    }
+
+    /// Asks it to shut down and waits until it has delivered what it held.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(());
+        self.task.await.expect("edge task").expect("edge run");
+    }
+}
+
+/// A running store sink and the files it writes.
+pub struct TestSink {
+    pub path: PathBuf,
+    pub rejected_path: PathBuf,
+    settings: store_sink::configuration::Settings,
+    running: Option<(oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>)>,
+}
+
+impl TestSink {
+    /// Asks it to shut down and waits until it has written, synced and acked what it received.
+    pub async fn stop(&mut self) {
+        if let Some((shutdown, task)) = self.running.take() {
+            let _ = shutdown.send(());
+            task.await.expect("sink task").expect("sink run");
+        }
+    }
+
+    /// Starts it again with the same settings, so the same persistent session.
+    pub fn restart(&mut self) {
+        assert!(self.running.is_none(), "stop the sink before restarting it");
+        self.running = Some(start(self.settings.clone(), |settings, shutdown| {
+            store_sink::run(settings, shutdown)
+        }));
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        read_lines(&self.path)
+    }
+
+    pub fn rejected_lines(&self) -> Vec<String> {
+        read_lines(&self.rejected_path)
+    }
+}
+
+fn mqtt(broker: &Broker) -> MqttSettings {
+    MqttSettings {
+        host: "127.0.0.1".into(),
+        port: broker.port(),
+        ..MqttSettings::default()
+    }
+}
+
+/// Starts an edge with id `id` on `127.0.0.1:0`.
+pub async fn spawn_edge(broker: &Broker, id: &str) -> TestEdge {
+    spawn_edge_on(broker, id, "127.0.0.1:0").await
+}
+
+/// Starts an edge with id `id` listening on `listen` (e.g. `[::]:0`).
+pub async fn spawn_edge_on(broker: &Broker, id: &str, listen: &str) -> TestEdge {
+    let mut settings = pixel_edge::configuration::Settings {
+        mqtt: mqtt(broker),
+        ..Default::default()
+    };
+    settings.edge.id = id.into();
+    settings.validate().expect("valid edge settings");
+    let listener = TcpListener::bind(listen).await.expect("binding the edge");
+    let addr = listener.local_addr().unwrap();
+    let (shutdown, task) = start(settings, |settings, shutdown| {
+        pixel_edge::run(settings, listener, shutdown)
+    });
+    TestEdge {
+        addr,
+        shutdown,
+        task,
+    }
+}
+
+/// Starts a sink writing into `dir`.
+pub async fn spawn_sink(broker: &Broker, dir: &Path) -> TestSink {
+    let mut settings = store_sink::configuration::Settings {
+        mqtt: mqtt(broker),
+        ..Default::default()
+    };
+    settings.storage.path = dir.join("visits.log");
+    settings.validate().expect("valid sink settings");
+    let mut sink = TestSink {
+        path: settings.storage.path.clone(),
+        rejected_path: settings.storage.rejected_path(),
+        settings,
+        running: None,
+    };
+    sink.restart();
+    sink
+}
+
+/// What `run` gets as its shutdown signal: resolves when the test asks (or drops its handle).
+type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+fn start<S, F>(
+    settings: S,
+    run: impl FnOnce(S, Shutdown) -> F,
+) -> (oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>)
+where
+    F: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let (tx, rx) = oneshot::channel::<()>();
+    let shutdown: Shutdown = Box::pin(async move {
+        let _ = rx.await;
+    });
+    (tx, tokio::spawn(run(settings, shutdown)))
+}
+
+/// The file's lines; none if it does not exist yet.
+pub fn read_lines(path: &Path) -> Vec<String> {
+    match std::fs::read(path) {
+        Ok(bytes) => String::from_utf8(bytes)
+            .expect("the log is UTF-8")
+            .lines()
+            .map(str::to_owned)
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Waits until `path` holds at least `count` lines or `patience` has passed, and returns its lines.
+/// A deadline for waiting, not a timing assertion: the caller checks the lines.
+pub async fn wait_for_lines(path: &Path, count: usize, patience: Duration) -> Vec<String> {
+    let deadline = Instant::now() + patience;
+    loop {
+        let lines = read_lines(path);
+        if lines.len() >= count || Instant::now() > deadline {
+            return lines;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
