@@ -55,11 +55,7 @@ pub async fn drive(
                 }
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                if ack
-                    .return_codes
-                    .iter()
-                    .any(|code| *code == SubscribeReasonCode::Failure)
-                {
+                if ack.return_codes.contains(&SubscribeReasonCode::Failure) {
                     tracing::error!(%filter, "the broker refused the subscription");
                 }
             }
