@@ -17,10 +17,17 @@ const DEFAULT_FILE: &str = "appsettings.json";
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
     /// Unreadable file, or a value of the wrong type; the message from `config` names the key.
+    /// Not a `#[source]`: its text is already in ours, and error reports would print it twice.
     #[error("configuration: {0}")]
-    Load(#[from] config::ConfigError),
+    Load(config::ConfigError),
     #[error("configuration key `{key}`: {message}")]
     Invalid { key: &'static str, message: String },
+}
+
+impl From<config::ConfigError> for SettingsError {
+    fn from(err: config::ConfigError) -> Self {
+        Self::Load(err)
+    }
 }
 
 impl SettingsError {
