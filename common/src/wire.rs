@@ -76,8 +76,7 @@ fn version_error(line: &[u8]) -> Option<EventError> {
         v: Option<serde_json::Value>,
     }
     let v = serde_json::from_slice::<VersionOnly>(line).ok()?.v?;
-    (v != EVENT_VERSION)
-        .then(|| EventError::UnsupportedVersion(v.to_string()))
+    (v != EVENT_VERSION).then(|| EventError::UnsupportedVersion(v.to_string()))
 }
 
 #[derive(Serialize)]

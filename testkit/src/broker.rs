@@ -18,15 +18,11 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Starts a broker on a free loopback port and waits until it accepts connections.
+    /// Starts a broker on a free port and waits until it accepts connections.
     pub fn start() -> Self {
         let port = free_port();
         let dir = tempfile::tempdir().expect("temp dir for the broker");
-        std::fs::write(
-            dir.path().join("mosquitto.conf"),
-            derived_config(port, dir.path()),
-        )
-        .unwrap();
+        write_config(port, dir.path());
         let mut broker = Self {
             port,
             dir,
@@ -106,25 +102,24 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn shipped_config_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../mosquitto/mosquitto.conf")
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn derived_config(port: u16, dir: &Path) -> String {
-    let shipped =
-        std::fs::read_to_string(shipped_config_path()).expect("reading mosquitto/mosquitto.conf");
-    let mut config: Vec<String> = shipped
-        .lines()
-        .map(|line| match line.split_whitespace().next() {
-            Some("listener") => format!("listener {port} 127.0.0.1"),
-            Some("persistence_location") => format!("persistence_location {}/", dir.display()),
-            Some("log_dest") => format!("log_dest file {}/mosquitto.log", dir.display()),
-            _ => line.to_owned(),
-        })
-        .collect();
-    if nix::unistd::Uid::effective().is_root() {
-        // As root Mosquitto would switch to the `mosquitto` user, who cannot write the test's directory.
-        config.push("user root".into());
-    }
-    config.join("\n") + "\n"
+/// The shipped config, derived by the same shell function `scripts/run-local` uses, plus a log file.
+fn write_config(port: u16, dir: &Path) {
+    let conf = dir.join("mosquitto.conf");
+    let status = Command::new("bash")
+        .current_dir(workspace_root())
+        .arg("-c")
+        .arg(r#"source scripts/lib.sh && derive_mosquitto_conf "$0" "$1" "$2""#)
+        .arg(port.to_string())
+        .arg(dir)
+        .arg(&conf)
+        .status()
+        .expect("running bash");
+    assert!(status.success(), "deriving the broker config");
+    let mut config = std::fs::read_to_string(&conf).unwrap();
+    config.push_str(&format!("log_dest file {}/mosquitto.log\n", dir.display()));
+    std::fs::write(&conf, config).unwrap();
 }
