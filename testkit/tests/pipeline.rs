@@ -440,3 +440,22 @@ async fn unacknowledged_visits_are_sent_again_after_the_broker_returns() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn visits_taken_before_any_sink_subscribed_wait_for_one() {
+    const VISITS: usize = 50;
+    let broker = Broker::start();
+    let edge = spawn_edge(&broker, "edge-a").await;
+    let client = reqwest::Client::new();
+    // Mosquitto acks with "no matching subscribers" and discards; the edge must keep these visits.
+    load(&client, &edge.track_url(), "early", VISITS, 8).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = spawn_sink(&broker, dir.path()).await;
+    wait_for_lines(&sink.path, VISITS, PATIENCE).await;
+    edge.stop().await;
+    sink.stop().await;
+    let counts = count_by_user_agent(&sink.lines());
+    assert!((0..VISITS).all(|n| counts.contains_key(&format!("early-{n}"))), "{counts:?}");
+}
