@@ -8,6 +8,7 @@ use rumqttc::{
     AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS, SubscribeReasonCode,
 };
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::configuration::Settings;
 
@@ -33,8 +34,9 @@ pub fn mqtt_options(settings: &Settings) -> MqttOptions {
     options
 }
 
-/// Polls until the client's DISCONNECT went out. Messages are forwarded while the writer listens;
-/// after that they stay unacked and the broker delivers them again next session.
+/// Polls until the client's DISCONNECT went out, or until the connection is lost after `stop`.
+/// Messages are forwarded while the writer listens; after that they stay unacked and the broker
+/// delivers them again next session.
 pub async fn drive(
     mut eventloop: EventLoop,
     client: AsyncClient,
@@ -64,7 +66,11 @@ pub async fn drive(
             Err(err) => {
                 let delay = retry_delays.next().unwrap_or(Duration::from_secs(5));
                 tracing::warn!(retry_in = ?delay, "broker connection lost: {err}");
-                tokio::time::sleep(delay).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    // Reconnecting only to say goodbye would take the session from a sink that replaced us.
+                    _ = stop.cancelled() => return,
+                }
             }
         }
     }

@@ -457,5 +457,8 @@ async fn visits_taken_before_any_sink_subscribed_wait_for_one() {
     edge.stop().await;
     sink.stop().await;
     let counts = count_by_user_agent(&sink.lines());
-    assert!((0..VISITS).all(|n| counts.contains_key(&format!("early-{n}"))), "{counts:?}");
+    assert!(
+        (0..VISITS).all(|n| counts.contains_key(&format!("early-{n}"))),
+        "{counts:?}"
+    );
 }
