@@ -30,13 +30,14 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         AsyncClient::new(subscription::mqtt_options(&settings), REQUEST_CAPACITY);
     // Unbounded, yet bounded in effect: the broker sends at most `max_inflight_messages` unacked messages.
     let (to_writer, messages) = mpsc::unbounded_channel();
+    let stop = CancellationToken::new();
     let mut driver = tokio::spawn(subscription::drive(
         eventloop,
         client.clone(),
         settings.topic_filter(),
         to_writer,
+        stop.clone(),
     ));
-    let stop = CancellationToken::new();
     let writer = tokio::spawn(Writer::new(storage, client.clone()).run(messages, stop.clone()));
     tracing::info!(
         path = %settings.storage.path.display(),

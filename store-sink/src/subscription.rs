@@ -42,6 +42,7 @@ pub async fn drive(
     client: AsyncClient,
     filter: String,
     to_writer: mpsc::UnboundedSender<Publish>,
+    stop: CancellationToken,
 ) {
     let mut retry_delays = common::backoff::retry_delays();
     loop {
