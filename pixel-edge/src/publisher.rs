@@ -86,8 +86,8 @@ impl Publisher {
     }
 
     /// Publishes until `stop` is cancelled and everything held is delivered, or `drain_timeout` after
-    /// `stop` has passed. Returns how many visits could not be delivered.
-    pub async fn run(mut self, stop: CancellationToken, drain_timeout: Duration) -> u64 {
+    /// `stop` has passed; then logs what it could not deliver.
+    pub async fn run(mut self, stop: CancellationToken, drain_timeout: Duration) {
         let mut drain_deadline: Option<Instant> = None;
         loop {
             self.publish_what_fits();
@@ -236,7 +236,7 @@ impl Publisher {
         self.reconnect_at = Instant::now() + delay;
     }
 
-    async fn finish(mut self) -> u64 {
+    async fn finish(mut self) {
         let undelivered = self.held_visits();
         if undelivered == 0 {
             tracing::info!(
@@ -253,7 +253,6 @@ impl Publisher {
         if let Some(connection) = self.connection.take() {
             connection.close(Duration::from_secs(2)).await;
         }
-        undelivered
     }
 }
 
