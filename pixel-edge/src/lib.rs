@@ -56,12 +56,6 @@ pub async fn run(
     }
 
     stop_publishing.cancel();
-    let undelivered = publisher.await?;
-    if undelivered > 0 {
-        tracing::error!(
-            undelivered,
-            "shut down with visits that could not be delivered"
-        );
-    }
+    publisher.await?;
     Ok(())
 }
