@@ -24,6 +24,9 @@ pub struct StorageSettings {
     pub fsync: bool,
     /// Referrer and user-agent are cut to this many bytes (before escaping).
     pub max_field_bytes: usize,
+    /// How many of the most recently written visit ids are remembered (in memory and in
+    /// `<path>.ids`) to drop redelivered duplicates.
+    pub dedup_window: usize,
 }
 
 impl Default for StorageSettings {
@@ -33,6 +36,7 @@ impl Default for StorageSettings {
             rejected_path: None,
             fsync: true,
             max_field_bytes: 4096,
+            dedup_window: 250_000,
         }
     }
 }
@@ -63,6 +67,12 @@ impl Settings {
             return Err(SettingsError::invalid(
                 "storage.rejected_path",
                 "must differ from storage.path",
+            ));
+        }
+        if self.storage.dedup_window == 0 {
+            return Err(SettingsError::invalid(
+                "storage.dedup_window",
+                "must be at least 1",
             ));
         }
         if self.storage.max_field_bytes == 0 {
@@ -154,6 +164,11 @@ mod tests {
                 "storage.rejected_path",
             ),
             ("TRACKER__MQTT__TOPIC", "a/+/b", "mqtt.topic"),
+            (
+                "TRACKER__STORAGE__DEDUP_WINDOW",
+                "0",
+                "storage.dedup_window",
+            ),
         ];
         for (var, value, key) in cases {
             let err = load(&[(var, value)]).unwrap_err().to_string();

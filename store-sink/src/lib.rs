@@ -6,6 +6,7 @@ pub mod configuration;
 pub mod storage;
 mod subscription;
 mod writer;
+mod written_ids;
 
 use std::future::Future;
 use std::time::Duration;

@@ -1,5 +1,6 @@
 //! What the sink writes: visit lines to the log and rejected messages to the dead-letter file,
-//! both through [`AppendFile`] buffers that are flushed (and synced) together, once per batch.
+//! both through [`AppendFile`] buffers that are flushed (and synced) together, once per batch, after
+//! the batch's record in the id journal (see [`WrittenIds`]). Visits already in the log are skipped.
 
 use std::io;
 
@@ -8,10 +9,12 @@ use common::{line, timestamp, wire};
 
 use crate::append_file::AppendFile;
 use crate::configuration::StorageSettings;
+use crate::written_ids::WrittenIds;
 
 pub struct Storage {
     visits: AppendFile,
     rejected: AppendFile,
+    written_ids: WrittenIds,
     fsync: bool,
     max_field_bytes: usize,
 }
@@ -20,17 +23,34 @@ pub struct Storage {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Outcome {
     pub written: usize,
+    /// Events whose id is already in the log: redelivered, skipped.
+    pub duplicates: usize,
     pub rejected: usize,
+}
+
+impl std::ops::AddAssign for Outcome {
+    fn add_assign(&mut self, other: Self) {
+        self.written += other.written;
+        self.duplicates += other.duplicates;
+        self.rejected += other.rejected;
+    }
 }
 
 impl Storage {
     pub fn open(settings: &StorageSettings) -> io::Result<Self> {
-        let visits = AppendFile::open(&settings.path).map_err(|err| {
+        let in_path = |err: io::Error| {
             io::Error::new(
                 err.kind(),
                 format!("storage.path {}: {err}", settings.path.display()),
             )
-        })?;
+        };
+        let visits = AppendFile::open(&settings.path).map_err(in_path)?;
+        let written_ids = WrittenIds::recover(
+            &settings.path,
+            visits.buffer_offset(),
+            settings.dedup_window,
+        )
+        .map_err(in_path)?;
         let rejected_path = settings.rejected_path();
         let rejected = AppendFile::open(&rejected_path).map_err(|err| {
             io::Error::new(
@@ -41,6 +61,7 @@ impl Storage {
         Ok(Self {
             visits,
             rejected,
+            written_ids,
             fsync: settings.fsync,
             max_field_bytes: settings.max_field_bytes,
         })
@@ -51,10 +72,11 @@ impl Storage {
         let mut outcome = Outcome::default();
         for (event, decoded) in wire::decode_message(payload) {
             match decoded {
-                Ok(visit) => {
+                Ok(visit) if self.written_ids.is_new(visit.id) => {
                     line::write_line(&visit, self.max_field_bytes, self.visits.buffer());
                     outcome.written += 1;
                 }
+                Ok(_) => outcome.duplicates += 1,
                 Err(err) => {
                     self.reject(topic, &err.to_string(), event);
                     outcome.rejected += 1;
@@ -83,6 +105,10 @@ impl Storage {
     /// Writes out both buffers (and syncs them when `storage.fsync`). On error, call again: it goes on
     /// where it stopped.
     pub fn flush(&mut self) -> io::Result<()> {
+        let start = self.visits.buffer_offset();
+        let end = start + self.visits.buffer().len() as u64;
+        self.written_ids.stage_batch(start, end);
+        self.written_ids.flush(self.fsync)?;
         self.visits.flush(self.fsync)?;
         self.rejected.flush(self.fsync)
     }
@@ -129,21 +155,22 @@ mod tests {
             outcome,
             Outcome {
                 written: 2,
+                duplicates: 0,
                 rejected: 1
             }
         );
         assert_eq!(
             storage.add_message("tracker/visits/x", b"\xff|\n"),
             Outcome {
-                written: 0,
-                rejected: 1
+                rejected: 1,
+                ..Outcome::default()
             }
         );
         assert_eq!(
             storage.add_message("tracker/visits/x", b""),
             Outcome {
-                written: 0,
-                rejected: 1
+                rejected: 1,
+                ..Outcome::default()
             }
         );
         storage.flush().unwrap();
@@ -168,5 +195,26 @@ mod tests {
             "{}",
             rejected[2]
         );
+    }
+
+    #[test]
+    fn a_redelivered_event_is_written_once_even_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = settings(dir.path());
+        let payload = [event(b"a"), event(b"b")].concat();
+        let mut storage = Storage::open(&settings).unwrap();
+        assert_eq!(storage.add_message("t", &payload).written, 2);
+        storage.flush().unwrap();
+        assert_eq!(storage.add_message("t", &payload).duplicates, 2);
+        storage.flush().unwrap();
+        drop(storage);
+
+        let mut restarted = Storage::open(&settings).unwrap();
+        let outcome = restarted.add_message("t", &[payload, event(b"c")].concat());
+        assert_eq!(outcome.duplicates, 2);
+        assert_eq!(outcome.written, 1);
+        restarted.flush().unwrap();
+        let visits = std::fs::read_to_string(&settings.path).unwrap();
+        assert_eq!(visits.lines().count(), 3);
     }
 }

@@ -8,7 +8,7 @@ use rumqttc::{AsyncClient, Publish};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::storage::Storage;
+use crate::storage::{Outcome, Storage};
 
 /// At most this many messages share one flush; the broker keeps up to 1000 in flight to the sink.
 const MAX_BATCH_MESSAGES: usize = 1000;
@@ -72,17 +72,21 @@ impl Writer {
             .storage
             .as_mut()
             .expect("storage is back after each flush");
-        let (mut written, mut rejected) = (0, 0);
+        let mut outcome = Outcome::default();
         for message in batch {
-            let outcome = storage.add_message(&message.topic, &message.payload);
-            written += outcome.written;
-            rejected += outcome.rejected;
+            outcome += storage.add_message(&message.topic, &message.payload);
+        }
+        if outcome.duplicates > 0 {
+            tracing::info!(
+                duplicates = outcome.duplicates,
+                "skipped visits already in the log"
+            );
         }
         let mut retry_delays = common::backoff::retry_delays();
         loop {
             match self.flush().await {
                 Ok(()) => {
-                    tracing::debug!(messages = batch.len(), written, rejected, "batch stored");
+                    tracing::debug!(messages = batch.len(), ?outcome, "batch stored");
                     return true;
                 }
                 Err(err) => {
