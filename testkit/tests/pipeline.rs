@@ -432,10 +432,11 @@ async fn unacknowledged_visits_are_sent_again_after_the_broker_returns() {
     sink.stop().await;
     let counts = count_by_user_agent(&sink.lines());
     for n in 0..VISITS {
-        // At least once: deduplication of redelivered events is a separate concern.
-        assert!(
-            counts.contains_key(&format!("outage-{n}")),
-            "outage-{n} lost; broker log:\n{}",
+        let marker = format!("outage-{n}");
+        assert_eq!(
+            counts.get(&marker),
+            Some(&1),
+            "{marker}; broker log:\n{}",
             broker.log()
         );
     }
