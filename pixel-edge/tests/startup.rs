@@ -1,0 +1,57 @@
+//! The pixel-edge binary's start and stop: a bad setting stops it with the key named; SIGTERM and
+//! SIGINT end it cleanly with exit code 0, even with no broker to deliver to.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+fn edge() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pixel-edge"));
+    command
+        .env_clear()
+        .env(
+            "TRACKER_CONFIG",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/appsettings.json"),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+#[test]
+fn a_bad_setting_stops_start_up_naming_the_key() {
+    for (var, value, key) in [
+        ("TRACKER__MQTT__PORT", "nope", "mqtt.port"),
+        ("TRACKER__HTTP__LISTEN", "everywhere", "http.listen"),
+        ("TRACKER__EDGE__ID", "a/b", "edge.id"),
+    ] {
+        let output = edge().env(var, value).output().unwrap();
+        assert!(!output.status.success(), "{var}={value} was accepted");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(key), "{var}={value}: {stderr}");
+    }
+}
+
+#[test]
+fn sigterm_and_sigint_exit_cleanly() {
+    for signal in [Signal::SIGTERM, Signal::SIGINT] {
+        let child = edge()
+            .env("TRACKER__HTTP__LISTEN", "127.0.0.1:0")
+            // Nothing listens on port 1: the edge keeps trying and must still stop when asked.
+            .env("TRACKER__MQTT__PORT", "1")
+            .env("TRACKER__EDGE__DRAIN_TIMEOUT_SECS", "1")
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        kill(Pid::from_raw(child.id() as i32), signal).unwrap();
+        let output = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(output.status.code(), Some(0), "{signal}: {stdout}");
+        assert!(
+            stdout.contains("everything delivered"),
+            "{signal}: {stdout}"
+        );
+    }
+}
