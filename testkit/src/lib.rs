@@ -1,11 +1,17 @@
 //! The integration test harness: a real `mosquitto` started on a free port with the project's own
-//! `mosquitto/mosquitto.conf` (so tests can stop, kill and restart it), and edges and sinks run in
-//! process through their libraries' `run`, each with typed handles.
+//! `mosquitto/mosquitto.conf` (so tests can stop, kill and restart it); edges and sinks run either in
+//! process through their libraries' `run`, or as real processes for fault tests; test traffic with a
+//! marker per visit, and the log read back.
 
 mod broker;
+mod load;
+mod process;
 mod services;
+pub mod visits_log;
 
 pub use broker::Broker;
+pub use load::{client, Load, LoadReport};
+pub use process::Service;
 pub use services::{
     read_lines, spawn_edge, spawn_edge_on, spawn_sink, wait_for_lines, TestEdge, TestSink,
 };

@@ -3,63 +3,24 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use common::line::{split_fields, unescape_field};
-use futures::stream::{self, StreamExt};
+use chrono::Utc;
 use reqwest::header::{HeaderValue, REFERER, USER_AGENT};
-use testkit::{spawn_edge, spawn_edge_on, spawn_sink, wait_for_lines, Broker};
+use testkit::visits_log::{count_by_user_agent, parse};
+use testkit::{spawn_edge, spawn_edge_on, spawn_sink, wait_for_lines, Broker, Load};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
-/// The four fields of a log line, with referrer and user-agent unescaped (`None` for `null`).
-struct Line {
-    ts: DateTime<Utc>,
-    referrer: Option<Vec<u8>>,
-    user_agent: Option<Vec<u8>>,
-    ip: String,
-}
-
-fn parse(line: &str) -> Line {
-    let [ts, referrer, user_agent, ip] =
-        split_fields(line.as_bytes()).unwrap_or_else(|| panic!("4 fields: {line}"));
-    let field = |f| unescape_field(f).unwrap().map(|t| t.as_bytes().to_vec());
-    Line {
-        ts: DateTime::parse_from_rfc3339(std::str::from_utf8(ts).unwrap())
-            .unwrap()
-            .to_utc(),
-        referrer: field(referrer),
-        user_agent: field(user_agent),
-        ip: String::from_utf8(ip.to_vec()).unwrap(),
-    }
-}
-
-/// How often each user-agent occurs in the log.
-fn count_by_user_agent(lines: &[String]) -> HashMap<String, usize> {
-    let mut counts = HashMap::new();
-    for line in lines {
-        let ua = parse(line)
-            .user_agent
-            .map(|ua| String::from_utf8(ua).unwrap())
-            .unwrap_or_default();
-        *counts.entry(ua).or_default() += 1;
-    }
-    counts
-}
-
-/// Sends `count` GETs to `url`, `concurrency` at a time, each with user-agent `{prefix}-{n}`.
+/// Sends `count` GETs with user-agent `{prefix}-{n}`, `concurrency` at a time; all must be answered.
 async fn load(client: &reqwest::Client, url: &str, prefix: &str, count: usize, concurrency: usize) {
-    stream::iter(0..count)
-        .for_each_concurrent(concurrency, |n| async move {
-            let response = client
-                .get(url)
-                .header(USER_AGENT, format!("{prefix}-{n}"))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(response.status(), 200);
-            response.bytes().await.unwrap();
-        })
-        .await;
+    let load = Load {
+        url,
+        prefix,
+        count,
+        concurrency,
+        pause: Duration::ZERO,
+    };
+    let report = load.run(client).await;
+    assert_eq!(report.failed, 0, "{}", report.summary());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

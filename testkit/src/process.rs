@@ -1,0 +1,154 @@
+//! The two services as real processes, for fault tests that kill and restart them. They run the
+//! binaries `cargo test --workspace` builds, configured only through `TRACKER__*` variables, and
+//! append their logs to a file in the test's directory.
+
+use std::fs::OpenOptions;
+use std::net::{Ipv4Addr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::broker::free_port;
+use crate::Broker;
+
+pub struct Service {
+    binary: PathBuf,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+    /// The edge's HTTP port; `None` for the sink.
+    http_port: Option<u16>,
+    child: Option<Child>,
+}
+
+impl Service {
+    /// A pixel edge with id `id`, on a free port kept across restarts; `extra` adds or overrides settings.
+    pub fn edge(broker: &Broker, id: &str, dir: &Path, extra: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let mut env = base_env(broker);
+        env.push(("TRACKER__EDGE__ID".into(), id.into()));
+        env.push(("TRACKER__HTTP__LISTEN".into(), format!("127.0.0.1:{port}")));
+        Self::new(
+            "pixel-edge",
+            env,
+            extra,
+            dir.join(format!("{id}.log")),
+            Some(port),
+        )
+    }
+
+    /// The store sink writing `dir/visits.log`; `extra` adds or overrides settings.
+    pub fn sink(broker: &Broker, dir: &Path, extra: &[(&str, &str)]) -> Self {
+        let mut env = base_env(broker);
+        env.push((
+            "TRACKER__STORAGE__PATH".into(),
+            dir.join("visits.log").display().to_string(),
+        ));
+        Self::new("store-sink", env, extra, dir.join("store-sink.log"), None)
+    }
+
+    fn new(
+        name: &str,
+        mut env: Vec<(String, String)>,
+        extra: &[(&str, &str)],
+        log: PathBuf,
+        http_port: Option<u16>,
+    ) -> Self {
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let mut service = Self {
+            binary: binary(name),
+            env,
+            log,
+            http_port,
+            child: None,
+        };
+        service.start();
+        service
+    }
+
+    /// `http://127.0.0.1:<port>/track` of an edge.
+    pub fn track_url(&self) -> String {
+        format!(
+            "http://127.0.0.1:{}/track",
+            self.http_port.expect("an edge")
+        )
+    }
+
+    /// Starts the process (again); an edge is waited for until it accepts connections.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(&self.binary)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|err| panic!("starting {}: {err}", self.binary.display()));
+        self.child = Some(child);
+        if let Some(port) = self.http_port {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "the edge did not start:\n{}",
+                    self.log()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// SIGTERM, and waits for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal(Signal::SIGTERM)
+            .expect("the service was running")
+    }
+
+    /// SIGKILL, and waits for the exit.
+    pub fn kill(&mut self) {
+        self.signal(Signal::SIGKILL);
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&mut self, signal: Signal) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        kill(Pid::from_raw(child.id() as i32), signal).expect("signalling the service");
+        Some(child.wait().expect("waiting for the service"))
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn base_env(broker: &Broker) -> Vec<(String, String)> {
+    vec![
+        ("TRACKER__MQTT__HOST".into(), "127.0.0.1".into()),
+        ("TRACKER__MQTT__PORT".into(), broker.port().to_string()),
+        ("RUST_LOG".into(), "info".into()),
+    ]
+}
+
+/// The binaries sit beside the test executable's `deps/` directory.
+fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().and_then(Path::parent).unwrap().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: `cargo test --workspace` (scripts/test) builds it",
+        path.display()
+    );
+    path
+}

@@ -1,0 +1,43 @@
+//! Reading the visits log back in tests: fields unescaped, and visits counted by their marker (the
+//! user-agent each test request carries).
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use common::line::{split_fields, unescape_field};
+
+/// The four fields of a log line, with referrer and user-agent unescaped (`None` for `null`).
+pub struct Line {
+    pub ts: DateTime<Utc>,
+    pub referrer: Option<Vec<u8>>,
+    pub user_agent: Option<Vec<u8>>,
+    pub ip: String,
+}
+
+/// Parses a line of the log; panics on anything that is not one.
+pub fn parse(line: &str) -> Line {
+    let [ts, referrer, user_agent, ip] =
+        split_fields(line.as_bytes()).unwrap_or_else(|| panic!("4 fields: {line}"));
+    let field = |f| unescape_field(f).unwrap().map(|t| t.as_bytes().to_vec());
+    Line {
+        ts: DateTime::parse_from_rfc3339(std::str::from_utf8(ts).unwrap())
+            .unwrap()
+            .to_utc(),
+        referrer: field(referrer),
+        user_agent: field(user_agent),
+        ip: String::from_utf8(ip.to_vec()).unwrap(),
+    }
+}
+
+/// How often each user-agent occurs in the log (`""` for `null`).
+pub fn count_by_user_agent(lines: &[String]) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for line in lines {
+        let ua = parse(line)
+            .user_agent
+            .map(|ua| String::from_utf8(ua).unwrap())
+            .unwrap_or_default();
+        *counts.entry(ua).or_default() += 1;
+    }
+    counts
+}
