@@ -7,9 +7,9 @@ use reqwest::header::USER_AGENT;
 
 /// Requests `{prefix}-0` .. `{prefix}-{count-1}`, `concurrency` at a time, each after a `pause`
 /// (so that a load can span a fault).
-pub struct Load<'a> {
-    pub url: &'a str,
-    pub prefix: &'a str,
+pub struct Load {
+    pub url: String,
+    pub prefix: String,
     pub count: usize,
     pub concurrency: usize,
     pub pause: Duration,
@@ -23,15 +23,17 @@ pub struct LoadReport {
     pub latencies: Vec<Duration>,
 }
 
-impl Load<'_> {
-    pub async fn run(&self, client: &reqwest::Client) -> LoadReport {
+impl Load {
+    /// Owns what it needs, so it can run in a task of its own while a test injects faults.
+    pub async fn run(self, client: reqwest::Client) -> LoadReport {
+        let (this, client) = (&self, &client);
         let outcomes: Vec<_> = stream::iter(0..self.count)
             .map(|n| async move {
-                tokio::time::sleep(self.pause).await;
-                let marker = format!("{}-{n}", self.prefix);
+                tokio::time::sleep(this.pause).await;
+                let marker = format!("{}-{n}", this.prefix);
                 let started = Instant::now();
                 let response = client
-                    .get(self.url)
+                    .get(&this.url)
                     .header(USER_AGENT, &marker)
                     .send()
                     .await;

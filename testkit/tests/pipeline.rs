@@ -13,13 +13,13 @@ const PATIENCE: Duration = Duration::from_secs(30);
 /// Sends `count` GETs with user-agent `{prefix}-{n}`, `concurrency` at a time; all must be answered.
 async fn load(client: &reqwest::Client, url: &str, prefix: &str, count: usize, concurrency: usize) {
     let load = Load {
-        url,
-        prefix,
+        url: url.into(),
+        prefix: prefix.into(),
         count,
         concurrency,
         pause: Duration::ZERO,
     };
-    let report = load.run(client).await;
+    let report = load.run(client.clone()).await;
     assert_eq!(report.failed, 0, "{}", report.summary());
 }
 
