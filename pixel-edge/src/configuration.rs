@@ -2,6 +2,7 @@
 //! [`common::configuration`].
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use common::configuration::{MqttSettings, SettingsError, Sources};
@@ -39,6 +40,10 @@ pub struct EdgeSettings {
     pub queue_capacity: usize,
     /// On shutdown, how long the edge keeps trying to deliver what it holds before it gives up.
     pub drain_timeout_secs: u64,
+    /// Where visits wait on disk until the broker has them; unset, they wait in memory only.
+    pub spool_dir: Option<PathBuf>,
+    /// The spool's bound; once it is full, new visits wait in the queue, then are dropped and counted.
+    pub spool_max_bytes: u64,
 }
 
 impl Default for EdgeSettings {
@@ -50,6 +55,8 @@ impl Default for EdgeSettings {
                 .unwrap_or_else(|_| "edge".into()),
             queue_capacity: 100_000,
             drain_timeout_secs: 10,
+            spool_dir: None,
+            spool_max_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -70,6 +77,12 @@ impl Settings {
                 format!(
                     "{id:?} must be non-empty and free of '/', '+' and '#' (it is a topic level)"
                 ),
+            ));
+        }
+        if self.edge.spool_max_bytes < 1024 * 1024 {
+            return Err(SettingsError::invalid(
+                "edge.spool_max_bytes",
+                "must be at least 1 MiB (1048576)",
             ));
         }
         if self.edge.queue_capacity == 0 {
@@ -149,6 +162,11 @@ mod tests {
                 "edge.queue_capacity",
             ),
             ("TRACKER__MQTT__PORT", "0", "mqtt.port"),
+            (
+                "TRACKER__EDGE__SPOOL_MAX_BYTES",
+                "1000",
+                "edge.spool_max_bytes",
+            ),
         ];
         for (var, value, key) in cases {
             let err = load(&[(var, value)]).unwrap_err().to_string();

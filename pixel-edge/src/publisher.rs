@@ -1,11 +1,13 @@
 //! The single publisher: takes visits from the queue, packs what is waiting into NDJSON batches,
 //! publishes them at QoS 1 to `{mqtt.topic}/{edge.id}` and keeps every batch until the broker's PUBACK
 //! for it. Whatever a lost connection leaves unacknowledged is sent again on the next one.
+//!
+//! Without a spool, visits wait in the bounded in-memory queue while the broker is away. With one,
+//! every batch is first appended to the spool (and synced), and what is published is read back from it.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
-use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::PubAckReason;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{Event, Incoming, MqttOptions};
@@ -14,28 +16,23 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
+use crate::batch::{Batch, MAX_BATCH_BYTES};
 use crate::configuration::Settings;
 use crate::connection::{Connection, LinkEvent};
 use crate::queue::EncodedVisit;
+use crate::spool::Spool;
 
 /// Batches published but not yet acknowledged. Kept below Mosquitto's default receive maximum (20),
 /// and far below rumqttc's packet-id space, so packet ids never collide.
 const WINDOW: usize = 16;
-/// A batch stops growing here; the broker's limit (`max_packet_size`) is 1 MiB.
-const MAX_BATCH_BYTES: usize = 256 * 1024;
 /// After the broker refuses a batch (e.g. "no matching subscribers"), wait this long before trying again.
 const REFUSED_PAUSE: Duration = Duration::from_secs(1);
-
-/// Some visits, as one MQTT payload.
-struct Batch {
-    payload: Bytes,
-    visits: usize,
-}
 
 pub struct Publisher {
     options: MqttOptions,
     topic: String,
     queue: mpsc::Receiver<EncodedVisit>,
+    spool: Option<Spool>,
     /// Set once the queue is closed and empty: no visit will come any more.
     queue_done: bool,
     /// Batches waiting to be published, oldest first: new ones and those to send again.
@@ -56,7 +53,11 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    pub fn new(settings: &Settings, queue: mpsc::Receiver<EncodedVisit>) -> Self {
+    pub fn new(
+        settings: &Settings,
+        queue: mpsc::Receiver<EncodedVisit>,
+        spool: Option<Spool>,
+    ) -> Self {
         let mut options = MqttOptions::new(
             settings.client_id(),
             &settings.mqtt.host,
@@ -72,6 +73,7 @@ impl Publisher {
             options,
             topic: settings.topic(),
             queue,
+            spool,
             queue_done: false,
             outbox: VecDeque::new(),
             submitted: VecDeque::new(),
@@ -94,7 +96,11 @@ impl Publisher {
             if drain_deadline.is_some() && self.queue_done && self.holds_nothing() {
                 break;
             }
-            let can_take = self.can_publish() && self.window_has_room() && !self.queue_done;
+            let can_take = !self.queue_done
+                && match &self.spool {
+                    Some(spool) => spool.has_room(),
+                    None => self.can_publish() && self.window_has_room(),
+                };
             tokio::select! {
                 event = next_event(&mut self.connection) => self.on_event(event),
                 _ = sleep_until(self.reconnect_at), if self.connection.is_none() => self.connect(),
@@ -104,7 +110,7 @@ impl Publisher {
                 visit = self.queue.recv(), if can_take => match visit {
                     Some(first) => {
                         let batch = self.fill_batch(first);
-                        self.outbox.push_back(batch);
+                        self.hold(batch);
                     }
                     None => self.queue_done = true,
                 },
@@ -112,7 +118,7 @@ impl Publisher {
                     // Handlers that still run see a closed queue and count their visit as dropped.
                     self.queue.close();
                     drain_deadline = Some(Instant::now() + drain_timeout);
-                    tracing::info!(held = self.held_visits(), "draining before shutdown");
+                    tracing::info!(in_memory = self.visits_in_memory_only(), "draining before shutdown");
                 }
                 _ = sleep_until(drain_deadline.unwrap_or_else(Instant::now)), if drain_deadline.is_some() => break,
             }
@@ -129,27 +135,64 @@ impl Publisher {
     }
 
     fn holds_nothing(&self) -> bool {
-        self.outbox.is_empty() && self.submitted.is_empty() && self.in_flight.is_empty()
+        self.outbox.is_empty()
+            && self.submitted.is_empty()
+            && self.in_flight.is_empty()
+            && !self.spool.as_ref().is_some_and(Spool::holds_visits)
     }
 
-    fn held_visits(&self) -> u64 {
+    /// Visits held in memory only: those a stop now would lose.
+    fn visits_in_memory_only(&self) -> u64 {
         let batches = self
             .outbox
             .iter()
             .chain(&self.submitted)
-            .chain(self.in_flight.values());
+            .chain(self.in_flight.values())
+            .filter(|b| b.segment.is_none());
         (batches.map(|b| b.visits).sum::<usize>() + self.queue.len()) as u64
+    }
+
+    /// A new batch waits in the spool when there is one, in memory otherwise (also when the spool
+    /// fails: the visits are then not lost, only no longer safe from a restart).
+    fn hold(&mut self, batch: Batch) {
+        if let Some(spool) = &mut self.spool {
+            // The sync takes a while: let the runtime move other tasks off this thread meanwhile.
+            match tokio::task::block_in_place(|| spool.append(&batch.payload)) {
+                Ok(()) => return,
+                Err(err) => tracing::error!(
+                    visits = batch.visits,
+                    "could not spool a batch, holding it in memory: {err}"
+                ),
+            }
+        }
+        self.outbox.push_back(batch);
+    }
+
+    /// The next batch to publish: one waiting to be sent (again), else the spool's next, else (without
+    /// a spool) what the queue holds.
+    fn next_batch(&mut self) -> Option<Batch> {
+        if let Some(batch) = self.outbox.pop_front() {
+            return Some(batch);
+        }
+        match &mut self.spool {
+            Some(spool) => {
+                tokio::task::block_in_place(|| spool.next_batch()).unwrap_or_else(|err| {
+                    tracing::error!("could not read the spool: {err}");
+                    None
+                })
+            }
+            None => {
+                let first = self.queue.try_recv().ok()?;
+                Some(self.fill_batch(first))
+            }
+        }
     }
 
     /// Hands batches to rumqttc while the window has room: first those waiting, then new ones.
     fn publish_what_fits(&mut self) {
         while self.can_publish() && self.window_has_room() {
-            let batch = match self.outbox.pop_front() {
-                Some(batch) => batch,
-                None => match self.queue.try_recv() {
-                    Ok(first) => self.fill_batch(first),
-                    Err(_) => return,
-                },
+            let Some(batch) = self.next_batch() else {
+                return;
             };
             let client = &self.connection.as_ref().expect("connected").client;
             match client.try_publish(&self.topic, QoS::AtLeastOnce, false, batch.payload.clone()) {
@@ -180,6 +223,7 @@ impl Publisher {
         Batch {
             payload: payload.into(),
             visits,
+            segment: None,
         }
     }
 
@@ -206,6 +250,11 @@ impl Publisher {
                 };
                 if ack.reason == PubAckReason::Success {
                     self.delivered += batch.visits as u64;
+                    if let (Some(spool), Some(segment)) = (&mut self.spool, batch.segment) {
+                        if let Err(err) = spool.acked(segment) {
+                            tracing::warn!("could not clean up the spool: {err}");
+                        }
+                    }
                 } else {
                     // Assumption: any refusal is passing (no subscriber yet, quota); keep the visits and retry.
                     tracing::warn!(reason = ?ack.reason, visits = batch.visits, "broker refused a batch; retrying in {REFUSED_PAUSE:?}");
@@ -237,16 +286,22 @@ impl Publisher {
     }
 
     async fn finish(mut self) {
-        let undelivered = self.held_visits();
-        if undelivered == 0 {
-            tracing::info!(
-                delivered = self.delivered,
-                "publisher stopped, everything delivered"
+        let lost = self.visits_in_memory_only();
+        let delivered = self.delivered;
+        if self.holds_nothing() && lost == 0 {
+            tracing::info!(delivered, "publisher stopped, everything delivered");
+        }
+        if let Some(spool) = self.spool.as_ref().filter(|s| s.holds_visits()) {
+            tracing::warn!(
+                delivered,
+                spool_bytes = spool.bytes(),
+                "publisher stopped; undelivered visits stay in the spool for the next start"
             );
-        } else {
+        }
+        if lost > 0 {
             tracing::error!(
-                delivered = self.delivered,
-                undelivered,
+                delivered,
+                undelivered = lost,
                 "publisher stopped before delivering every visit"
             );
         }

@@ -181,6 +181,48 @@ async fn an_edge_stopped_under_load_delivers_every_visit_it_answered() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_edge_restarted_during_a_broker_outage_keeps_its_visits_in_the_spool() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let spool_dir = spool.display().to_string();
+    let mut broker = Broker::start();
+    let mut sink = Service::sink(&broker, dir.path(), &[]);
+    let settings = [
+        ("TRACKER__EDGE__SPOOL_DIR", spool_dir.as_str()),
+        ("TRACKER__EDGE__DRAIN_TIMEOUT_SECS", "1"),
+    ];
+    let mut edge = Service::edge(&broker, "edge-a", dir.path(), &settings);
+    wait_for_log(&sink, "connected to the broker").await;
+
+    broker.stop();
+    let report = traffic(&edge, "v", 1000, 1).await.unwrap();
+    println!("edge restarted during an outage: {}", report.summary());
+    assert!(edge.terminate().success());
+    assert!(edge.log().contains("stay in the spool"), "{}", edge.log());
+    edge.start();
+    broker.restart();
+
+    let lines = settled_lines(&dir.path().join("visits.log"), Duration::from_secs(2)).await;
+    assert!(edge.terminate().success());
+    sink.terminate();
+    assert_eq!(report.failed, 0);
+    assert_exactly_once(
+        &lines,
+        &report.answered,
+        "edge restarted during a broker outage",
+    );
+    let left: Vec<_> = std::fs::read_dir(&spool)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(
+        left.iter()
+            .all(|p| std::fs::metadata(p).unwrap().len() == 0),
+        "delivered segments are deleted: {left:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn visits_published_before_any_sink_subscribed_are_kept_until_one_does() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start();
