@@ -319,3 +319,41 @@ async fn a_broker_crash_is_measured() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn past_the_hold_visits_are_dropped_counted_and_logged_but_still_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start();
+    let mut sink = Service::sink(&broker, dir.path(), &[]);
+    let mut edge = Service::edge(
+        &broker,
+        "edge-a",
+        dir.path(),
+        &[("TRACKER__EDGE__QUEUE_CAPACITY", "10")],
+    );
+    wait_for_log(&sink, "connected to the broker").await;
+
+    broker.stop();
+    let report = traffic(&edge, "v", 50, 1).await.unwrap();
+    assert_eq!(
+        report.failed, 0,
+        "the pixel is served even when the visit cannot be held"
+    );
+    wait_for_log(&edge, "visit dropped: the queue is full").await;
+    broker.restart();
+    assert!(edge.terminate().success());
+    let lines = settled_lines(&dir.path().join("visits.log"), Duration::from_secs(2)).await;
+    sink.terminate();
+    let counts = count_by_user_agent(&lines);
+    println!(
+        "hold of 10, 50 visits during an outage: {} delivered",
+        lines.len()
+    );
+    assert!(
+        (10..50).contains(&lines.len()),
+        "the held visits, not the dropped ones: {}",
+        lines.len()
+    );
+    assert!(counts.values().all(|&n| n == 1));
+    assert!(edge.log().contains("dropped_total="), "{}", edge.log());
+}
