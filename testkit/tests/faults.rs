@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use testkit::visits_log::count_by_user_agent;
-use testkit::{client, read_lines, Broker, Load, LoadReport, Service};
+use testkit::{client, read_lines, wait_for_lines, Broker, Load, LoadReport, Service};
 use tokio::time::sleep;
 
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -43,13 +43,25 @@ async fn settled_lines(path: &Path, quiet: Duration) -> Vec<String> {
     }
 }
 
+/// Waits until the log holds the `expected` visits, then until it stops growing (a duplicate would
+/// come late), and returns its lines.
+async fn collect_lines(path: &Path, expected: usize) -> Vec<String> {
+    wait_for_lines(path, expected, PATIENCE).await;
+    settled_lines(path, Duration::from_secs(1)).await
+}
+
 /// Waits until `service`'s log mentions `text`.
 async fn wait_for_log(service: &Service, text: &str) {
+    wait_for_log_count(service, text, 1).await;
+}
+
+/// Waits until `service`'s log mentions `text` at least `times` times.
+async fn wait_for_log_count(service: &Service, text: &str, times: usize) {
     let deadline = Instant::now() + PATIENCE;
-    while !service.log().contains(text) {
+    while service.log().matches(text).count() < times {
         assert!(
             Instant::now() < deadline,
-            "never logged {text:?}:\n{}",
+            "{text:?} not logged {times} times:\n{}",
             service.log()
         );
         sleep(Duration::from_millis(50)).await;
@@ -100,7 +112,7 @@ async fn sink_killed_twice_while_visits_flow_loses_and_repeats_nothing() {
     let report = traffic.await.unwrap();
     println!("sink killed twice: {}", report.summary());
     assert!(edge.terminate().success());
-    let lines = settled_lines(&dir.path().join("visits.log"), Duration::from_secs(2)).await;
+    let lines = collect_lines(&dir.path().join("visits.log"), report.answered.len()).await;
     sink.terminate();
     assert_exactly_once(&lines, &report.answered, "sink SIGKILLed twice");
     assert!(sink
@@ -122,7 +134,7 @@ async fn broker_restarted_while_visits_flow_loses_and_repeats_nothing() {
     let report = traffic.await.unwrap();
     println!("broker restarted: {}", report.summary());
     assert!(edge.terminate().success());
-    let lines = settled_lines(&dir.path().join("visits.log"), Duration::from_secs(2)).await;
+    let lines = collect_lines(&dir.path().join("visits.log"), report.answered.len()).await;
     sink.terminate();
     assert_eq!(
         report.failed, 0,
@@ -151,7 +163,12 @@ async fn a_ten_second_broker_outage_is_held_and_delivered() {
     broker.restart();
 
     assert!(edge.terminate().success());
-    let lines = settled_lines(&dir.path().join("visits.log"), Duration::from_secs(2)).await;
+    assert!(
+        edge.log().contains("everything delivered"),
+        "{}",
+        edge.log()
+    );
+    let lines = collect_lines(&dir.path().join("visits.log"), report.answered.len()).await;
     sink.terminate();
     assert_eq!(report.failed, 0, "every request answered during the outage");
     assert_exactly_once(&lines, &report.answered, "10 s broker outage");
@@ -174,7 +191,7 @@ async fn an_edge_stopped_under_load_delivers_every_visit_it_answered() {
         "{}",
         edge.log()
     );
-    let lines = settled_lines(&dir.path().join("visits.log"), Duration::from_secs(2)).await;
+    let lines = collect_lines(&dir.path().join("visits.log"), report.answered.len()).await;
     sink.terminate();
     assert!(report.failed > 0, "the load outlived the edge");
     assert_exactly_once(&lines, &report.answered, "edge SIGTERMed under load");
@@ -202,7 +219,7 @@ async fn an_edge_restarted_during_a_broker_outage_keeps_its_visits_in_the_spool(
     edge.start();
     broker.restart();
 
-    let lines = settled_lines(&dir.path().join("visits.log"), Duration::from_secs(2)).await;
+    let lines = collect_lines(&dir.path().join("visits.log"), report.answered.len()).await;
     assert!(edge.terminate().success());
     sink.terminate();
     assert_eq!(report.failed, 0);
@@ -236,7 +253,7 @@ async fn visits_published_before_any_sink_subscribed_are_kept_until_one_does() {
     );
 
     let mut sink = Service::sink(&broker, dir.path(), &[]);
-    let lines = settled_lines(&dir.path().join("visits.log"), Duration::from_secs(3)).await;
+    let lines = collect_lines(&dir.path().join("visits.log"), report.answered.len()).await;
     assert!(edge.terminate().success());
     sink.terminate();
     assert_exactly_once(&lines, &report.answered, "no subscriber at first");
@@ -260,7 +277,7 @@ async fn nothing_is_acked_while_writing_fails_and_everything_lands_once_fixed() 
     std::fs::remove_file(&log).unwrap();
 
     assert!(edge.terminate().success());
-    let lines = settled_lines(&log, Duration::from_secs(2)).await;
+    let lines = collect_lines(&log, report.answered.len()).await;
     sink.terminate();
     assert_exactly_once(&lines, &report.answered, "disk full, then space again");
 }
@@ -286,7 +303,9 @@ async fn broker_crash(sink_online: bool) -> (LoadReport, Vec<String>) {
     if !sink_online {
         sink.start();
     }
-    let lines = settled_lines(&dir.path().join("visits.log"), Duration::from_secs(3)).await;
+    // Once the sink is back on the restarted broker, what survived arrives at once.
+    wait_for_log_count(&sink, "connected to the broker", 2).await;
+    let lines = settled_lines(&dir.path().join("visits.log"), Duration::from_secs(2)).await;
     sink.terminate();
     (report, lines)
 }
@@ -342,7 +361,7 @@ async fn past_the_hold_visits_are_dropped_counted_and_logged_but_still_served() 
     wait_for_log(&edge, "visit dropped: the queue is full").await;
     broker.restart();
     assert!(edge.terminate().success());
-    let lines = settled_lines(&dir.path().join("visits.log"), Duration::from_secs(2)).await;
+    let lines = collect_lines(&dir.path().join("visits.log"), 10).await;
     sink.terminate();
     let counts = count_by_user_agent(&lines);
     println!(
