@@ -5,6 +5,7 @@
 pub mod backoff;
 pub mod configuration;
 pub mod line;
+pub mod metrics;
 pub mod shutdown;
 pub mod telemetry;
 pub mod timestamp;

@@ -21,12 +21,24 @@ pub struct Settings {
 pub struct HttpSettings {
     /// Where the pixel is served, e.g. `0.0.0.0:8080` or `[::]:8080`.
     pub listen: SocketAddr,
+    /// Open connections at most; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// The request line and headers together, in bytes; a bigger head is answered 431.
+    pub max_header_bytes: usize,
+    /// The request URI, in bytes; a longer one is answered 414.
+    pub max_uri_bytes: usize,
+    /// A connection that has not sent a whole request head in this time is closed.
+    pub header_read_timeout_secs: u64,
 }
 
 impl Default for HttpSettings {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            max_connections: 10_000,
+            max_header_bytes: 16 * 1024,
+            max_uri_bytes: 8 * 1024,
+            header_read_timeout_secs: 10,
         }
     }
 }
@@ -44,6 +56,8 @@ pub struct EdgeSettings {
     pub spool_dir: Option<PathBuf>,
     /// The spool's bound; once it is full, new visits wait in the queue, then are dropped and counted.
     pub spool_max_bytes: u64,
+    /// Referrer and user-agent are cut to this many bytes before they are queued.
+    pub max_field_bytes: usize,
 }
 
 impl Default for EdgeSettings {
@@ -57,6 +71,7 @@ impl Default for EdgeSettings {
             drain_timeout_secs: 10,
             spool_dir: None,
             spool_max_bytes: 256 * 1024 * 1024,
+            max_field_bytes: 4096,
         }
     }
 }
@@ -83,6 +98,38 @@ impl Settings {
             return Err(SettingsError::invalid(
                 "edge.spool_max_bytes",
                 "must be at least 1 MiB (1048576)",
+            ));
+        }
+        let http = &self.http;
+        if http.max_connections == 0 {
+            return Err(SettingsError::invalid(
+                "http.max_connections",
+                "must be at least 1",
+            ));
+        }
+        // hyper refuses a read buffer below 8 KiB.
+        if http.max_header_bytes < 8192 {
+            return Err(SettingsError::invalid(
+                "http.max_header_bytes",
+                "must be at least 8192",
+            ));
+        }
+        if http.max_uri_bytes == 0 || http.max_uri_bytes > http.max_header_bytes {
+            return Err(SettingsError::invalid(
+                "http.max_uri_bytes",
+                "must be between 1 and http.max_header_bytes",
+            ));
+        }
+        if http.header_read_timeout_secs == 0 {
+            return Err(SettingsError::invalid(
+                "http.header_read_timeout_secs",
+                "must be at least 1",
+            ));
+        }
+        if self.edge.max_field_bytes == 0 {
+            return Err(SettingsError::invalid(
+                "edge.max_field_bytes",
+                "must be at least 1",
             ));
         }
         if self.edge.queue_capacity == 0 {

@@ -7,11 +7,12 @@ mod connection;
 mod publisher;
 pub mod queue;
 pub mod routes;
+mod server;
 mod spool;
 
 use std::future::Future;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -19,17 +20,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::configuration::Settings;
 use crate::publisher::Publisher;
+use crate::routes::Tracker;
 use crate::spool::Spool;
-
-/// How long open HTTP connections may take to finish after shutdown is asked for.
-const HTTP_GRACE: Duration = Duration::from_secs(5);
 
 /// Serves the pixel on `listener` until `shutdown` resolves, then stops accepting, lets open requests
 /// finish, and delivers what the edge still holds (within `edge.drain_timeout_secs`).
 pub async fn run(
     settings: Settings,
     listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let spool = match &settings.edge.spool_dir {
         Some(dir) => Some(
@@ -42,33 +41,20 @@ pub async fn run(
         }
     };
     let (queue, queue_rx) = queue::channel(settings.edge.queue_capacity);
+    let broker_connected = Arc::new(AtomicBool::new(false));
     let stop_publishing = CancellationToken::new();
-    let publisher = tokio::spawn(
-        Publisher::new(&settings, queue_rx, spool)
-            .run(stop_publishing.clone(), settings.drain_timeout()),
-    );
+    let publisher = Publisher::new(&settings, queue_rx, spool, broker_connected.clone());
+    let publisher = tokio::spawn(publisher.run(stop_publishing.clone(), settings.drain_timeout()));
 
-    tracing::info!(
-        listen = %listener.local_addr()?,
-        edge = %settings.edge.id,
-        broker = %format!("{}:{}", settings.mqtt.host, settings.mqtt.port),
-        "pixel edge started"
-    );
-    let stop_http = CancellationToken::new();
-    let server = warp::serve(routes::routes(queue, Arc::from(settings.edge.id.as_str())))
-        .incoming(listener)
-        .graceful(stop_http.clone().cancelled_owned())
-        .run();
-    tokio::pin!(server);
-    tokio::select! {
-        _ = &mut server => {}
-        _ = shutdown => {
-            stop_http.cancel();
-            if tokio::time::timeout(HTTP_GRACE, &mut server).await.is_err() {
-                tracing::warn!("HTTP connections still open after {HTTP_GRACE:?}; no longer waiting for them");
-            }
-        }
-    }
+    let tracker = Arc::new(Tracker {
+        queue,
+        edge_id: settings.edge.id.clone(),
+        max_field_bytes: settings.edge.max_field_bytes,
+        broker_connected,
+        metrics: common::metrics::handle(),
+    });
+    tracing::info!(listen = %listener.local_addr()?, "pixel edge started");
+    server::serve(listener, routes::routes(tracker), &settings.http, shutdown).await;
 
     stop_publishing.cancel();
     publisher.await?;

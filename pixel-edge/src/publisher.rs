@@ -6,6 +6,8 @@
 //! every batch is first appended to the spool (and synced), and what is published is read back from it.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::v5::mqttbytes::v5::PubAckReason;
@@ -33,17 +35,17 @@ pub struct Publisher {
     topic: String,
     queue: mpsc::Receiver<EncodedVisit>,
     spool: Option<Spool>,
+    /// Shared with `/readyz`: true between the CONNACK and the loss of the connection.
+    broker_connected: Arc<AtomicBool>,
     /// Set once the queue is closed and empty: no visit will come any more.
     queue_done: bool,
     /// Batches waiting to be published, oldest first: new ones and those to send again.
     outbox: VecDeque<Batch>,
-    /// Handed to rumqttc, in order; each gets its packet id when rumqttc reports it sent.
-    submitted: VecDeque<Batch>,
+    /// Handed to rumqttc (when, and what), in order; each gets its packet id when rumqttc reports it sent.
+    submitted: VecDeque<(Instant, Batch)>,
     /// Sent, waiting for their PUBACK.
-    in_flight: HashMap<u16, Batch>,
+    in_flight: HashMap<u16, (Instant, Batch)>,
     connection: Option<Connection>,
-    /// True between the CONNACK and the loss of the connection.
-    connected: bool,
     /// When to try connecting again while there is no connection.
     reconnect_at: Instant,
     retry_delays: Box<dyn Iterator<Item = Duration> + Send>,
@@ -57,6 +59,7 @@ impl Publisher {
         settings: &Settings,
         queue: mpsc::Receiver<EncodedVisit>,
         spool: Option<Spool>,
+        broker_connected: Arc<AtomicBool>,
     ) -> Self {
         let mut options = MqttOptions::new(
             settings.client_id(),
@@ -74,12 +77,12 @@ impl Publisher {
             topic: settings.topic(),
             queue,
             spool,
+            broker_connected,
             queue_done: false,
             outbox: VecDeque::new(),
             submitted: VecDeque::new(),
             in_flight: HashMap::new(),
             connection: None,
-            connected: false,
             reconnect_at: Instant::now(),
             retry_delays: Box::new(common::backoff::retry_delays()),
             paused_until: None,
@@ -127,7 +130,12 @@ impl Publisher {
     }
 
     fn can_publish(&self) -> bool {
-        self.connected && self.paused_until.is_none()
+        self.broker_connected.load(Ordering::Relaxed) && self.paused_until.is_none()
+    }
+
+    fn set_connected(&self, connected: bool) {
+        self.broker_connected.store(connected, Ordering::Relaxed);
+        metrics::gauge!("tracker_edge_broker_connected").set(if connected { 1.0 } else { 0.0 });
     }
 
     fn window_has_room(&self) -> bool {
@@ -146,8 +154,8 @@ impl Publisher {
         let batches = self
             .outbox
             .iter()
-            .chain(&self.submitted)
-            .chain(self.in_flight.values())
+            .chain(self.submitted.iter().map(|(_, b)| b))
+            .chain(self.in_flight.values().map(|(_, b)| b))
             .filter(|b| b.segment.is_none());
         (batches.map(|b| b.visits).sum::<usize>() + self.queue.len()) as u64
     }
@@ -158,7 +166,10 @@ impl Publisher {
         if let Some(spool) = &mut self.spool {
             // The sync takes a while: let the runtime move other tasks off this thread meanwhile.
             match tokio::task::block_in_place(|| spool.append(&batch.payload)) {
-                Ok(()) => return,
+                Ok(()) => {
+                    metrics::gauge!("tracker_edge_spool_bytes").set(spool.bytes() as f64);
+                    return;
+                }
                 Err(err) => tracing::error!(
                     visits = batch.visits,
                     "could not spool a batch, holding it in memory: {err}"
@@ -196,7 +207,11 @@ impl Publisher {
             };
             let client = &self.connection.as_ref().expect("connected").client;
             match client.try_publish(&self.topic, QoS::AtLeastOnce, false, batch.payload.clone()) {
-                Ok(()) => self.submitted.push_back(batch),
+                Ok(()) => {
+                    metrics::counter!("tracker_edge_visits_published_total")
+                        .increment(batch.visits as u64);
+                    self.submitted.push_back((Instant::now(), batch));
+                }
                 Err(err) => {
                     // Not sent is not lost: the batch waits for the next try.
                     tracing::debug!("publish not accepted by the client: {err}");
@@ -236,24 +251,29 @@ impl Publisher {
         match event {
             Some(Ok(Event::Incoming(Incoming::ConnAck(_)))) => {
                 tracing::info!(topic = %self.topic, "connected to the broker");
-                self.connected = true;
+                self.set_connected(true);
                 self.retry_delays = Box::new(common::backoff::retry_delays());
             }
             Some(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => {
-                if let Some(batch) = self.submitted.pop_front() {
-                    self.in_flight.insert(pkid, batch);
+                if let Some(sent) = self.submitted.pop_front() {
+                    self.in_flight.insert(pkid, sent);
                 }
             }
             Some(Ok(Event::Incoming(Incoming::PubAck(ack)))) => {
-                let Some(batch) = self.in_flight.remove(&ack.pkid) else {
+                let Some((submitted_at, batch)) = self.in_flight.remove(&ack.pkid) else {
                     return;
                 };
                 if ack.reason == PubAckReason::Success {
                     self.delivered += batch.visits as u64;
+                    metrics::counter!("tracker_edge_visits_acknowledged_total")
+                        .increment(batch.visits as u64);
+                    metrics::histogram!("tracker_edge_publish_ack_seconds")
+                        .record(submitted_at.elapsed());
                     if let (Some(spool), Some(segment)) = (&mut self.spool, batch.segment) {
                         if let Err(err) = spool.acked(segment) {
                             tracing::warn!("could not clean up the spool: {err}");
                         }
+                        metrics::gauge!("tracker_edge_spool_bytes").set(spool.bytes() as f64);
                     }
                 } else {
                     // Assumption: any refusal is passing (no subscriber yet, quota); keep the visits and retry.
@@ -275,13 +295,14 @@ impl Publisher {
         let unacked: Vec<Batch> = self
             .submitted
             .drain(..)
-            .chain(self.in_flight.drain().map(|(_, b)| b))
+            .chain(self.in_flight.drain().map(|(_, sent)| sent))
+            .map(|(_, batch)| batch)
             .collect();
         for batch in unacked.into_iter().rev() {
             self.outbox.push_front(batch);
         }
         self.connection = None;
-        self.connected = false;
+        self.set_connected(false);
         self.reconnect_at = Instant::now() + delay;
     }
 

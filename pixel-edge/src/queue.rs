@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
 
 /// One visit, already encoded as a JSON line of the wire format.
 pub type EncodedVisit = Vec<u8>;
@@ -14,6 +15,7 @@ pub type EncodedVisit = Vec<u8>;
 #[derive(Clone)]
 pub struct VisitQueue {
     tx: mpsc::Sender<EncodedVisit>,
+    capacity: usize,
     dropped: Arc<DropCounter>,
 }
 
@@ -27,36 +29,50 @@ struct DropCounter {
 /// A queue holding at most `capacity` visits; the receiver goes to the publisher.
 pub fn channel(capacity: usize) -> (VisitQueue, mpsc::Receiver<EncodedVisit>) {
     let (tx, rx) = mpsc::channel(capacity);
-    (
-        VisitQueue {
-            tx,
-            dropped: Arc::default(),
-        },
-        rx,
-    )
+    let queue = VisitQueue {
+        tx,
+        capacity,
+        dropped: Arc::default(),
+    };
+    (queue, rx)
 }
 
 impl VisitQueue {
     /// Queues the visit, or drops and counts it when the queue is full or closed.
     pub fn push(&self, visit: EncodedVisit) {
-        if let Err(err) = self.tx.try_send(visit) {
-            let total = self.dropped.total.fetch_add(1, Ordering::Relaxed) + 1;
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            if self.dropped.last_warned.swap(now, Ordering::Relaxed) != now {
-                let why = match err {
-                    mpsc::error::TrySendError::Full(_) => "the queue is full",
-                    mpsc::error::TrySendError::Closed(_) => "the edge is shutting down",
-                };
-                tracing::warn!(dropped_total = total, "visit dropped: {why}");
-            }
+        match self.tx.try_send(visit) {
+            Ok(()) => metrics::counter!("tracker_edge_visits_queued_total").increment(1),
+            Err(err) => self.drop_visit(&err),
+        }
+    }
+
+    fn drop_visit(&self, err: &TrySendError<EncodedVisit>) {
+        metrics::counter!("tracker_edge_visits_dropped_total").increment(1);
+        let total = self.dropped.total.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if self.dropped.last_warned.swap(now, Ordering::Relaxed) != now {
+            let why = match err {
+                TrySendError::Full(_) => "the queue is full",
+                TrySendError::Closed(_) => "the edge is shutting down",
+            };
+            tracing::warn!(dropped_total = total, "visit dropped: {why}");
         }
     }
 
     /// Visits dropped since start-up.
-    pub fn dropped(&self) -> u64 {
+    pub fn dropped_total(&self) -> u64 {
         self.dropped.total.load(Ordering::Relaxed)
+    }
+
+    /// Visits waiting in the queue.
+    pub fn depth(&self) -> usize {
+        self.capacity - self.tx.capacity()
+    }
+
+    pub fn has_room(&self) -> bool {
+        self.tx.capacity() > 0
     }
 }
 
@@ -70,11 +86,14 @@ mod tests {
         for n in 0..5u8 {
             queue.push(vec![n]);
         }
-        assert_eq!(queue.dropped(), 3);
+        assert_eq!(queue.dropped_total(), 3);
+        assert_eq!(queue.depth(), 2);
+        assert!(!queue.has_room());
         assert_eq!(rx.recv().await, Some(vec![0]));
         assert_eq!(rx.recv().await, Some(vec![1]));
+        assert!(queue.has_room());
         rx.close();
         queue.push(vec![9]);
-        assert_eq!(queue.dropped(), 4);
+        assert_eq!(queue.dropped_total(), 4);
     }
 }

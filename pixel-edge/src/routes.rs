@@ -1,15 +1,21 @@
 //! The HTTP surface: `GET /track` records a visit and returns the pixel; `HEAD /track` returns the
-//! same headers and records nothing; other methods on `/track` get 405, other paths 404.
+//! same headers and records nothing; other methods on `/track` get 405. `GET /healthz` (alive),
+//! `GET /readyz` (broker connected, or room left to hold visits) and `GET /metrics` (Prometheus).
+//! Everything else is 404.
 
-use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use chrono::Utc;
-use common::{wire, HeaderText, Visit};
-use warp::http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
+use common::metrics::PrometheusHandle;
+use common::{line, wire, HeaderText, Visit};
+use warp::filters::BoxedFilter;
+use warp::http::{header, HeaderMap, HeaderValue, Method, Response as HttpResponse, StatusCode};
+use warp::reply::{Reply, Response};
 use warp::Filter;
 
 use crate::queue::VisitQueue;
+use crate::server::Peer;
 
 /// The classic 43-byte transparent 1x1 GIF89a: a 2-colour global table and a graphic control
 /// extension whose transparency flag makes colour 0, the only pixel, transparent.
@@ -24,53 +30,127 @@ pub const PIXEL_GIF: [u8; 43] = [
     0x3b, // trailer
 ];
 
+/// What the routes share with the rest of the edge.
+pub struct Tracker {
+    pub queue: VisitQueue,
+    pub edge_id: String,
+    /// Referrer and user-agent are cut to this many bytes before they are queued.
+    pub max_field_bytes: usize,
+    /// Set by the publisher while it has a broker connection.
+    pub broker_connected: Arc<AtomicBool>,
+    pub metrics: PrometheusHandle,
+}
+
 /// All routes of the edge.
-pub fn routes(
-    queue: VisitQueue,
-    edge_id: Arc<str>,
-) -> impl Filter<Extract = (Response<&'static [u8]>,), Error = warp::Rejection> + Clone {
-    warp::path!("track")
+pub fn routes(tracker: Arc<Tracker>) -> BoxedFilter<(Response,)> {
+    let with_tracker = warp::any().map(move || tracker.clone());
+    let track = warp::path!("track")
         .and(warp::method())
         .and(warp::header::headers_cloned())
-        .and(warp::addr::remote())
+        .and(warp::ext::optional::<Peer>())
+        .and(with_tracker.clone())
         .map(
-            move |method: Method, headers: HeaderMap, peer: Option<SocketAddr>| match method {
-                Method::GET => {
-                    record(&headers, peer, &queue, &edge_id);
-                    pixel()
+            |method: Method, headers: HeaderMap, peer: Option<Peer>, tracker: Arc<Tracker>| {
+                match method {
+                    Method::GET => {
+                        count_request("visit");
+                        tracker.record(&headers, peer);
+                        pixel()
+                    }
+                    Method::HEAD => {
+                        count_request("head");
+                        pixel()
+                    }
+                    _ => {
+                        count_request("method_not_allowed");
+                        method_not_allowed()
+                    }
                 }
-                Method::HEAD => pixel(),
-                _ => method_not_allowed(),
             },
+        );
+    let healthz = warp::path!("healthz")
+        .and(warp::get())
+        .map(|| "ok".into_response());
+    let readyz = warp::path!("readyz")
+        .and(warp::get())
+        .and(with_tracker.clone())
+        .map(|tracker: Arc<Tracker>| tracker.readiness());
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .and(with_tracker)
+        .map(|tracker: Arc<Tracker>| tracker.render_metrics());
+    let not_found = warp::any().map(|| {
+        count_request("not_found");
+        StatusCode::NOT_FOUND.into_response()
+    });
+    track
+        .or(healthz)
+        .unify()
+        .or(readyz)
+        .unify()
+        .or(metrics)
+        .unify()
+        .or(not_found)
+        .unify()
+        .boxed()
+}
+
+impl Tracker {
+    fn record(&self, headers: &HeaderMap, peer: Option<Peer>) {
+        let ts = Utc::now();
+        // Assumption: no proxy sits in front of the edge (task constraint 2), so X-Forwarded-For is never trusted.
+        let Some(Peer(peer)) = peer else {
+            tracing::warn!("request without a peer address is not a visit");
+            return;
+        };
+        let header_text = |name| {
+            headers.get(name).and_then(|v: &HeaderValue| {
+                HeaderText::new(line::truncate(v.as_bytes(), self.max_field_bytes))
+            })
+        };
+        let visit = Visit::new(
+            ts,
+            header_text(header::REFERER),
+            header_text(header::USER_AGENT),
+            peer.ip(),
+            &self.edge_id,
+        );
+        let mut encoded = Vec::with_capacity(256);
+        wire::encode_event(&visit, &mut encoded);
+        self.queue.push(encoded);
+    }
+
+    /// Ready while the broker is connected, or while there is still room to hold visits for it.
+    fn readiness(&self) -> Response {
+        let connected = self.broker_connected.load(Ordering::Relaxed);
+        if connected || self.queue.has_room() {
+            "ready".into_response()
+        } else {
+            warp::reply::with_status(
+                "broker away and the hold is full",
+                StatusCode::SERVICE_UNAVAILABLE,
+            )
+            .into_response()
+        }
+    }
+
+    fn render_metrics(&self) -> Response {
+        metrics::gauge!("tracker_edge_queue_depth").set(self.queue.depth() as f64);
+        warp::reply::with_header(
+            self.metrics.render(),
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
         )
+        .into_response()
+    }
 }
 
-fn record(headers: &HeaderMap, peer: Option<SocketAddr>, queue: &VisitQueue, edge_id: &str) {
-    let ts = Utc::now();
-    // Assumption: no proxy sits in front of the edge (task constraint 2), so X-Forwarded-For is never trusted.
-    let Some(peer) = peer else {
-        tracing::warn!("request without a peer address is not a visit");
-        return;
-    };
-    let header_text = |name| {
-        headers
-            .get(name)
-            .and_then(|v: &HeaderValue| HeaderText::new(v.as_bytes()))
-    };
-    let visit = Visit::new(
-        ts,
-        header_text(header::REFERER),
-        header_text(header::USER_AGENT),
-        peer.ip(),
-        edge_id,
-    );
-    let mut line = Vec::with_capacity(256);
-    wire::encode_event(&visit, &mut line);
-    queue.push(line);
+fn count_request(outcome: &'static str) {
+    metrics::counter!("tracker_edge_requests_total", "outcome" => outcome).increment(1);
 }
 
-fn pixel() -> Response<&'static [u8]> {
-    Response::builder()
+fn pixel() -> Response {
+    HttpResponse::builder()
         .header(header::CONTENT_TYPE, "image/gif")
         .header(
             header::CACHE_CONTROL,
@@ -80,14 +160,16 @@ fn pixel() -> Response<&'static [u8]> {
         .header(header::EXPIRES, "0")
         .body(&PIXEL_GIF[..])
         .expect("static headers are valid")
+        .into_response()
 }
 
-fn method_not_allowed() -> Response<&'static [u8]> {
-    Response::builder()
+fn method_not_allowed() -> Response {
+    HttpResponse::builder()
         .status(StatusCode::METHOD_NOT_ALLOWED)
         .header(header::ALLOW, "GET, HEAD")
         .body(&b""[..])
         .expect("static headers are valid")
+        .into_response()
 }
 
 #[cfg(test)]
