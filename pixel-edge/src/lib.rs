@@ -30,6 +30,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    // First, so that no metric is recorded before the recorder exists.
+    let metrics = common::metrics::handle();
     let spool = match &settings.edge.spool_dir {
         Some(dir) => Some(
             Spool::open(dir, settings.edge.spool_max_bytes)
@@ -51,7 +53,7 @@ pub async fn run(
         edge_id: settings.edge.id.clone(),
         max_field_bytes: settings.edge.max_field_bytes,
         broker_connected,
-        metrics: common::metrics::handle(),
+        metrics,
     });
     tracing::info!(listen = %listener.local_addr()?, "pixel edge started");
     server::serve(listener, routes::routes(tracker), &settings.http, shutdown).await;

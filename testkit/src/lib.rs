@@ -13,5 +13,5 @@ pub use broker::Broker;
 pub use load::{client, Load, LoadReport};
 pub use process::Service;
 pub use services::{
-    read_lines, spawn_edge, spawn_edge_on, spawn_sink, wait_for_lines, TestEdge, TestSink,
+    read_lines, spawn_edge, spawn_edge_with, spawn_sink, wait_for_lines, TestEdge, TestSink,
 };

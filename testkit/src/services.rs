@@ -77,18 +77,27 @@ fn mqtt(broker: &Broker) -> MqttSettings {
 
 /// Starts an edge with id `id` on `127.0.0.1:0`.
 pub async fn spawn_edge(broker: &Broker, id: &str) -> TestEdge {
-    spawn_edge_on(broker, id, "127.0.0.1:0").await
+    spawn_edge_with(broker, id, |_| {}).await
 }
 
-/// Starts an edge with id `id` listening on `listen` (e.g. `[::]:0`).
-pub async fn spawn_edge_on(broker: &Broker, id: &str, listen: &str) -> TestEdge {
+/// Starts an edge with id `id` on `127.0.0.1:0`, after `customize` had its say on the settings
+/// (another listen address, limits, ...).
+pub async fn spawn_edge_with(
+    broker: &Broker,
+    id: &str,
+    customize: impl FnOnce(&mut pixel_edge::configuration::Settings),
+) -> TestEdge {
     let mut settings = pixel_edge::configuration::Settings {
         mqtt: mqtt(broker),
         ..Default::default()
     };
     settings.edge.id = id.into();
+    settings.http.listen = "127.0.0.1:0".parse().unwrap();
+    customize(&mut settings);
     settings.validate().expect("valid edge settings");
-    let listener = TcpListener::bind(listen).await.expect("binding the edge");
+    let listener = TcpListener::bind(settings.http.listen)
+        .await
+        .expect("binding the edge");
     let addr = listener.local_addr().unwrap();
     let (shutdown, task) = start(settings, |settings, shutdown| {
         pixel_edge::run(settings, listener, shutdown)

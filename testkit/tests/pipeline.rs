@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::Utc;
 use reqwest::header::{HeaderValue, REFERER, USER_AGENT};
 use testkit::visits_log::{count_by_user_agent, parse};
-use testkit::{spawn_edge, spawn_edge_on, spawn_sink, wait_for_lines, Broker, Load};
+use testkit::{spawn_edge, spawn_edge_with, spawn_sink, wait_for_lines, Broker, Load};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -200,7 +200,10 @@ async fn peers_are_recorded_as_plain_ipv4_or_ipv6() {
     let dir = tempfile::tempdir().unwrap();
     let mut sink = spawn_sink(&broker, dir.path()).await;
     // A dual-stack socket sees an IPv4 client as ::ffff:127.0.0.1.
-    let dual_stack = spawn_edge_on(&broker, "edge-dual", "[::]:0").await;
+    let dual_stack = spawn_edge_with(&broker, "edge-dual", |settings| {
+        settings.http.listen = "[::]:0".parse().unwrap();
+    })
+    .await;
     let client = reqwest::Client::new();
     let port = dual_stack.addr.port();
     client

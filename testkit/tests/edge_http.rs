@@ -1,0 +1,204 @@
+//! The edge's HTTP hardening, health and metrics, against a real broker: limits answered 431/414,
+//! slow clients cut off, the connection cap, `/healthz`, `/readyz`, `/metrics`.
+
+use std::time::{Duration, Instant};
+
+use reqwest::header::USER_AGENT;
+use testkit::{spawn_edge_with, Broker};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// An edge with no sink behind it: it need not try long to deliver at shutdown.
+async fn edge_without_sink(
+    broker: &Broker,
+    customize: impl FnOnce(&mut pixel_edge::configuration::Settings),
+) -> testkit::TestEdge {
+    spawn_edge_with(broker, "edge-a", |settings| {
+        settings.edge.drain_timeout_secs = 1;
+        customize(settings);
+    })
+    .await
+}
+
+/// GETs `url` until it answers `status` or `patience` has passed; returns the last status seen.
+async fn poll_status(client: &reqwest::Client, url: &str, status: u16, patience: Duration) -> u16 {
+    let deadline = Instant::now() + patience;
+    loop {
+        let seen = client
+            .get(url)
+            .send()
+            .await
+            .map_or(0, |r| r.status().as_u16());
+        if seen == status || Instant::now() > deadline {
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn oversized_heads_get_431_and_long_uris_414_and_the_edge_serves_on() {
+    let broker = Broker::start();
+    let edge = edge_without_sink(&broker, |_| {}).await;
+    let client = reqwest::Client::new();
+
+    let huge_header = "x".repeat(20 * 1024);
+    let response = client
+        .get(edge.track_url())
+        .header("X-Padding", huge_header)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 431);
+    let long_uri = format!("{}?q={}", edge.track_url(), "a".repeat(10 * 1024));
+    assert_eq!(client.get(long_uri).send().await.unwrap().status(), 414);
+    let ok = client
+        .get(edge.track_url())
+        .header(USER_AGENT, "after")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    let broker = Broker::start();
+    let edge = edge_without_sink(&broker, |s| s.http.header_read_timeout_secs = 1).await;
+    let mut slow = TcpStream::connect(edge.addr).await.unwrap();
+    slow.write_all(b"GET /track HTTP/1.1\r\nHost: edge\r\nUser-Agent: slo")
+        .await
+        .unwrap();
+
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), slow.read_to_end(&mut answer)).await;
+    let read = read.expect("the edge closed the connection");
+    assert!(
+        read.is_err() || !String::from_utf8_lossy(&answer).contains("200 OK"),
+        "{answer:?}"
+    );
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connections_beyond_the_cap_wait_for_a_free_slot() {
+    let broker = Broker::start();
+    let edge = edge_without_sink(&broker, |s| s.http.max_connections = 2).await;
+    let idle_a = TcpStream::connect(edge.addr).await.unwrap();
+    let idle_b = TcpStream::connect(edge.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_millis(700))
+        .build()
+        .unwrap();
+    assert!(
+        client.get(edge.track_url()).send().await.is_err(),
+        "a third connection is not served"
+    );
+    drop(idle_a);
+    let patient = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    assert_eq!(
+        patient.get(edge.track_url()).send().await.unwrap().status(),
+        200
+    );
+    drop(idle_b);
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn health_readiness_and_metrics() {
+    let mut broker = Broker::start();
+    let edge = edge_without_sink(&broker, |s| s.edge.queue_capacity = 1).await;
+    let base = format!("http://{}", edge.addr);
+    let client = reqwest::Client::new();
+
+    let healthz = client.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(healthz.status(), 200);
+    assert_eq!(
+        poll_status(
+            &client,
+            &format!("{base}/readyz"),
+            200,
+            Duration::from_secs(30)
+        )
+        .await,
+        200
+    );
+    client
+        .get(edge.track_url())
+        .header(USER_AGENT, "m")
+        .send()
+        .await
+        .unwrap();
+    client.post(edge.track_url()).send().await.unwrap();
+
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for expected in [
+        "tracker_edge_requests_total{outcome=\"visit\"}",
+        "tracker_edge_requests_total{outcome=\"method_not_allowed\"}",
+        "tracker_edge_visits_queued_total",
+        "tracker_edge_queue_depth",
+        "tracker_edge_broker_connected",
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "{expected} missing from:\n{metrics}"
+        );
+    }
+
+    // Broker away and the hold (one visit) full: not ready, yet still serving the pixel.
+    broker.stop();
+    for n in 0..3 {
+        let status = client
+            .get(edge.track_url())
+            .header(USER_AGENT, format!("held-{n}"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200);
+    }
+    assert_eq!(
+        poll_status(
+            &client,
+            &format!("{base}/readyz"),
+            503,
+            Duration::from_secs(30)
+        )
+        .await,
+        503
+    );
+    assert_eq!(
+        client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    broker.restart();
+    assert_eq!(
+        poll_status(
+            &client,
+            &format!("{base}/readyz"),
+            200,
+            Duration::from_secs(30)
+        )
+        .await,
+        200
+    );
+    edge.stop().await;
+}
