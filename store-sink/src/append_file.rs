@@ -6,6 +6,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 pub struct AppendFile {
     path: PathBuf,
@@ -39,6 +40,11 @@ impl AppendFile {
     /// Where the first byte of the buffer will land: the file's length before this flush.
     pub fn buffer_offset(&self) -> u64 {
         self.len - self.written as u64
+    }
+
+    /// Bytes formatted and not yet written.
+    pub fn pending_bytes(&self) -> usize {
+        self.buffer.len() - self.written
     }
 
     /// Where to format what is to be appended by the next [`flush`](Self::flush).
@@ -80,7 +86,9 @@ impl AppendFile {
             }
         }
         if sync {
+            let started = Instant::now();
             file.sync_data()?;
+            metrics::histogram!("tracker_sink_fsync_seconds").record(started.elapsed());
         }
         self.buffer.clear();
         self.written = 0;

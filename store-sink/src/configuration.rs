@@ -1,5 +1,6 @@
 //! The sink's settings: `mqtt.*` and `storage.*`, layered as described in [`common::configuration`].
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use common::configuration::{MqttSettings, SettingsError, Sources};
@@ -10,6 +11,22 @@ use serde::Deserialize;
 pub struct Settings {
     pub mqtt: MqttSettings,
     pub storage: StorageSettings,
+    pub metrics: MetricsSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct MetricsSettings {
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -164,6 +181,7 @@ mod tests {
                 "storage.rejected_path",
             ),
             ("TRACKER__MQTT__TOPIC", "a/+/b", "mqtt.topic"),
+            ("TRACKER__METRICS__LISTEN", "nowhere", "metrics.listen"),
             (
                 "TRACKER__STORAGE__DEDUP_WINDOW",
                 "0",

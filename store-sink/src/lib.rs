@@ -3,20 +3,25 @@
 
 pub mod append_file;
 pub mod configuration;
+mod health;
 pub mod storage;
 mod subscription;
 mod writer;
 mod written_ids;
 
 use std::future::Future;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use rumqttc::AsyncClient;
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::configuration::Settings;
+use crate::health::SinkHealth;
 use crate::storage::Storage;
 use crate::writer::Writer;
 
@@ -24,9 +29,19 @@ use crate::writer::Writer;
 const REQUEST_CAPACITY: usize = 1024;
 
 /// Stores visits until `shutdown` resolves; then writes, syncs and acks what it has received,
-/// disconnects (keeping the session), and returns.
-pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+/// disconnects (keeping the session), and returns. Health and metrics are served on `metrics_listener`.
+pub async fn run(
+    settings: Settings,
+    metrics_listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    // First, so that no metric is recorded before the recorder exists.
+    let metrics = common::metrics::handle();
     let storage = Storage::open(&settings.storage).context("opening the visits log")?;
+    let health = Arc::new(SinkHealth {
+        subscribed: AtomicBool::new(false),
+        writable: AtomicBool::new(true),
+    });
     let (client, eventloop) =
         AsyncClient::new(subscription::mqtt_options(&settings), REQUEST_CAPACITY);
     // Unbounded, yet bounded in effect: the broker sends at most `max_inflight_messages` unacked messages.
@@ -38,13 +53,23 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         settings.topic_filter(),
         to_writer,
         stop.clone(),
+        health.clone(),
     ));
-    let writer = tokio::spawn(Writer::new(storage, client.clone()).run(messages, stop.clone()));
+    let writer = Writer::new(storage, client.clone(), health.clone());
+    let writer = tokio::spawn(writer.run(messages, stop.clone()));
+    let metrics_addr = metrics_listener.local_addr()?;
+    let http = tokio::spawn(health::serve(
+        metrics_listener,
+        health,
+        metrics,
+        stop.clone().cancelled_owned(),
+    ));
     tracing::info!(
         path = %settings.storage.path.display(),
         rejected = %settings.storage.rejected_path().display(),
         fsync = settings.storage.fsync,
         broker = %format!("{}:{}", settings.mqtt.host, settings.mqtt.port),
+        metrics = %metrics_addr,
         "store sink started"
     );
 
@@ -60,6 +85,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         tracing::warn!("the broker connection did not close in time");
         driver.abort();
     }
+    let _ = http.await;
     tracing::info!("store sink stopped");
     Ok(())
 }

@@ -4,7 +4,7 @@
 
 use std::io;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use common::{line, timestamp, wire};
 
 use crate::append_file::AppendFile;
@@ -15,6 +15,8 @@ pub struct Storage {
     visits: AppendFile,
     rejected: AppendFile,
     written_ids: WrittenIds,
+    /// Visit time of the newest visit formatted so far, for the lag metric.
+    newest_visit: Option<DateTime<Utc>>,
     fsync: bool,
     max_field_bytes: usize,
 }
@@ -62,6 +64,7 @@ impl Storage {
             visits,
             rejected,
             written_ids,
+            newest_visit: None,
             fsync: settings.fsync,
             max_field_bytes: settings.max_field_bytes,
         })
@@ -74,6 +77,7 @@ impl Storage {
             match decoded {
                 Ok(visit) if self.written_ids.is_new(visit.id) => {
                     line::write_line(&visit, self.max_field_bytes, self.visits.buffer());
+                    self.newest_visit = self.newest_visit.max(Some(visit.ts));
                     outcome.written += 1;
                 }
                 Ok(_) => outcome.duplicates += 1,
@@ -104,6 +108,16 @@ impl Storage {
 
     /// Writes out both buffers (and syncs them when `storage.fsync`). On error, call again: it goes on
     /// where it stopped.
+    /// Bytes of visit lines waiting for the next flush.
+    pub fn pending_bytes(&self) -> usize {
+        self.visits.pending_bytes()
+    }
+
+    /// Visit time of the newest visit written so far.
+    pub fn newest_visit(&self) -> Option<DateTime<Utc>> {
+        self.newest_visit
+    }
+
     pub fn flush(&mut self) -> io::Result<()> {
         let start = self.visits.buffer_offset();
         let end = start + self.visits.buffer().len() as u64;

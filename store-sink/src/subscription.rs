@@ -2,6 +2,8 @@
 //! on every CONNACK, and forwards each received message to the writer. It never acks: the writer does,
 //! once the message is on disk.
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{
@@ -11,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::configuration::Settings;
+use crate::health::SinkHealth;
 
 /// Fits the largest message the broker lets through (`max_packet_size 1048576`) with room to spare.
 /// A message the client cannot read would make it reconnect and be redelivered forever.
@@ -43,6 +46,7 @@ pub async fn drive(
     filter: String,
     to_writer: mpsc::UnboundedSender<Publish>,
     stop: CancellationToken,
+    health: Arc<SinkHealth>,
 ) {
     let mut retry_delays = common::backoff::retry_delays();
     loop {
@@ -58,13 +62,16 @@ pub async fn drive(
                 }
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                if ack.return_codes.contains(&SubscribeReasonCode::Failure) {
+                let refused = ack.return_codes.contains(&SubscribeReasonCode::Failure);
+                health.subscribed.store(!refused, Ordering::Relaxed);
+                if refused {
                     tracing::error!(%filter, "the broker refused the subscription");
                 }
             }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
             Ok(_) => {}
             Err(err) => {
+                health.subscribed.store(false, Ordering::Relaxed);
                 let delay = retry_delays.next().unwrap_or(Duration::from_secs(5));
                 tracing::warn!(retry_in = ?delay, "broker connection lost: {err}");
                 tokio::select! {

@@ -2,12 +2,17 @@
 //! and syncs once per batch, and only then acks them, in the order they arrived. While writing fails
 //! nothing is acked; the batch is retried with backoff.
 
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
 
 use rumqttc::{AsyncClient, Publish};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::health::SinkHealth;
 use crate::storage::{Outcome, Storage};
 
 /// At most this many messages share one flush; the broker keeps up to 1000 in flight to the sink.
@@ -17,13 +22,15 @@ pub struct Writer {
     /// `None` only while a flush runs on the blocking pool.
     storage: Option<Storage>,
     client: AsyncClient,
+    health: Arc<SinkHealth>,
 }
 
 impl Writer {
-    pub fn new(storage: Storage, client: AsyncClient) -> Self {
+    pub fn new(storage: Storage, client: AsyncClient, health: Arc<SinkHealth>) -> Self {
         Self {
             storage: Some(storage),
             client,
+            health,
         }
     }
 
@@ -82,10 +89,22 @@ impl Writer {
                 "skipped visits already in the log"
             );
         }
+        let bytes = storage.pending_bytes();
         let mut retry_delays = common::backoff::retry_delays();
         loop {
-            match self.flush().await {
+            let started = Instant::now();
+            let flushed = self.flush().await;
+            self.health
+                .writable
+                .store(flushed.is_ok(), Ordering::Relaxed);
+            match flushed {
                 Ok(()) => {
+                    metrics::histogram!("tracker_sink_flush_seconds").record(started.elapsed());
+                    record_stored(
+                        &outcome,
+                        bytes,
+                        self.storage.as_ref().and_then(Storage::newest_visit),
+                    );
                     tracing::debug!(messages = batch.len(), ?outcome, "batch stored");
                     return true;
                 }
@@ -114,5 +133,16 @@ impl Writer {
         .expect("the flush task does not panic");
         self.storage = Some(storage);
         result
+    }
+}
+
+fn record_stored(outcome: &Outcome, bytes: usize, newest_visit: Option<DateTime<Utc>>) {
+    metrics::counter!("tracker_sink_visits_written_total").increment(outcome.written as u64);
+    metrics::counter!("tracker_sink_duplicates_dropped_total").increment(outcome.duplicates as u64);
+    metrics::counter!("tracker_sink_events_rejected_total").increment(outcome.rejected as u64);
+    metrics::counter!("tracker_sink_bytes_written_total").increment(bytes as u64);
+    if let Some(newest) = newest_visit {
+        let lag = (Utc::now() - newest).to_std().unwrap_or_default();
+        metrics::gauge!("tracker_sink_lag_seconds").set(lag.as_secs_f64());
     }
 }

@@ -42,6 +42,7 @@ impl Service {
     /// The store sink writing `dir/visits.log`; `extra` adds or overrides settings.
     pub fn sink(broker: &Broker, dir: &Path, extra: &[(&str, &str)]) -> Self {
         let mut env = base_env(broker);
+        env.push(("TRACKER__METRICS__LISTEN".into(), "127.0.0.1:0".into()));
         env.push((
             "TRACKER__STORAGE__PATH".into(),
             dir.join("visits.log").display().to_string(),

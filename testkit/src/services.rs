@@ -37,6 +37,8 @@ impl TestEdge {
 pub struct TestSink {
     pub path: PathBuf,
     pub rejected_path: PathBuf,
+    /// Where the running sink serves `/metrics`, `/healthz` and `/readyz`.
+    pub metrics_addr: SocketAddr,
     settings: store_sink::configuration::Settings,
     running: Option<(oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>)>,
 }
@@ -53,8 +55,13 @@ impl TestSink {
     /// Starts it again with the same settings, so the same persistent session.
     pub fn restart(&mut self) {
         assert!(self.running.is_none(), "stop the sink before restarting it");
+        let listener =
+            std::net::TcpListener::bind("127.0.0.1:0").expect("binding the sink's metrics");
+        listener.set_nonblocking(true).unwrap();
+        self.metrics_addr = listener.local_addr().unwrap();
+        let listener = TcpListener::from_std(listener).unwrap();
         self.running = Some(start(self.settings.clone(), |settings, shutdown| {
-            store_sink::run(settings, shutdown)
+            store_sink::run(settings, listener, shutdown)
         }));
     }
 
@@ -121,6 +128,7 @@ pub async fn spawn_sink(broker: &Broker, dir: &Path) -> TestSink {
         path: settings.storage.path.clone(),
         rejected_path: settings.storage.rejected_path(),
         settings,
+        metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         running: None,
     };
     sink.restart();

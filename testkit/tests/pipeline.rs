@@ -427,3 +427,42 @@ async fn visits_taken_before_any_sink_subscribed_wait_for_one() {
         "{counts:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_sink_reports_health_readiness_and_metrics() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = spawn_sink(&broker, dir.path()).await;
+    let edge = spawn_edge(&broker, "edge-a").await;
+    let client = reqwest::Client::new();
+    load(&client, &edge.track_url(), "m", 20, 4).await;
+    wait_for_lines(&sink.path, 20, PATIENCE).await;
+
+    let base = format!("http://{}", sink.metrics_addr);
+    let healthz = client.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(healthz.status(), 200);
+    let readyz = client.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(readyz.status(), 200, "subscribed and writable");
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for expected in [
+        "tracker_sink_visits_written_total",
+        "tracker_sink_bytes_written_total",
+        "tracker_sink_flush_seconds_bucket",
+        "tracker_sink_fsync_seconds_bucket",
+        "tracker_sink_lag_seconds",
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "{expected} missing from:\n{metrics}"
+        );
+    }
+    edge.stop().await;
+    sink.stop().await;
+}
