@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::Context;
 use rumqttc::AsyncClient;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::configuration::Settings;
@@ -30,9 +30,11 @@ const REQUEST_CAPACITY: usize = 1024;
 
 /// Stores visits until `shutdown` resolves; then writes, syncs and acks what it has received,
 /// disconnects (keeping the session), and returns. Health and metrics are served on `metrics_listener`.
+/// Each notification of `reopen` (SIGHUP) reopens the log files after the batch being written.
 pub async fn run(
     settings: Settings,
     metrics_listener: TcpListener,
+    reopen: Arc<Notify>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     // First, so that no metric is recorded before the recorder exists.
@@ -55,8 +57,13 @@ pub async fn run(
         stop.clone(),
         health.clone(),
     ));
-    let writer = Writer::new(storage, client.clone(), health.clone());
-    let writer = tokio::spawn(writer.run(messages, stop.clone()));
+    let writer = Writer::new(
+        storage,
+        settings.storage.clone(),
+        client.clone(),
+        health.clone(),
+    );
+    let writer = tokio::spawn(writer.run(messages, reopen, stop.clone()));
     let metrics_addr = metrics_listener.local_addr()?;
     let http = tokio::spawn(health::serve(
         metrics_listener,

@@ -1,10 +1,15 @@
-//! The store-sink binary: logging, settings, bind the metrics listener, then [`store_sink::run`] until SIGTERM or SIGINT.
+//! The store-sink binary: logging, settings, bind the metrics listener, then [`store_sink::run`] until SIGTERM or SIGINT;
+//! SIGHUP reopens the log files (log rotation).
 
 use anyhow::Context;
 use common::configuration::Sources;
 use common::{shutdown, telemetry};
+use std::sync::Arc;
 use store_sink::configuration::Settings;
+
 use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::Notify;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -13,5 +18,20 @@ async fn main() -> anyhow::Result<()> {
     let metrics_listener = TcpListener::bind(settings.metrics.listen)
         .await
         .with_context(|| format!("binding metrics.listen = {}", settings.metrics.listen))?;
-    store_sink::run(settings, metrics_listener, shutdown::signal_received()).await
+    let reopen = Arc::new(Notify::new());
+    let mut hangups = signal(SignalKind::hangup())?;
+    let on_hangup = reopen.clone();
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP received, reopening the log files");
+            on_hangup.notify_one();
+        }
+    });
+    store_sink::run(
+        settings,
+        metrics_listener,
+        reopen,
+        shutdown::signal_received(),
+    )
+    .await
 }

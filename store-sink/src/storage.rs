@@ -108,6 +108,15 @@ impl Storage {
 
     /// Writes out both buffers (and syncs them when `storage.fsync`). On error, call again: it goes on
     /// where it stopped.
+    /// Opens the log and the dead-letter file afresh (after a rotation moved them away). Call only
+    /// with nothing waiting to be flushed, so that no visit is split across files.
+    pub fn reopen(&mut self, settings: &StorageSettings) -> io::Result<()> {
+        debug_assert_eq!(self.pending_bytes(), 0);
+        self.visits = AppendFile::open(&settings.path)?;
+        self.rejected = AppendFile::open(&settings.rejected_path())?;
+        self.written_ids.log_reopened(self.fsync)
+    }
+
     /// Bytes of visit lines waiting for the next flush.
     pub fn pending_bytes(&self) -> usize {
         self.visits.pending_bytes()

@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 
 use rumqttc::{AsyncClient, Publish};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
+use crate::configuration::StorageSettings;
 use crate::health::SinkHealth;
 use crate::storage::{Outcome, Storage};
 
@@ -21,14 +22,21 @@ const MAX_BATCH_MESSAGES: usize = 1000;
 pub struct Writer {
     /// `None` only while a flush runs on the blocking pool.
     storage: Option<Storage>,
+    settings: StorageSettings,
     client: AsyncClient,
     health: Arc<SinkHealth>,
 }
 
 impl Writer {
-    pub fn new(storage: Storage, client: AsyncClient, health: Arc<SinkHealth>) -> Self {
+    pub fn new(
+        storage: Storage,
+        settings: StorageSettings,
+        client: AsyncClient,
+        health: Arc<SinkHealth>,
+    ) -> Self {
         Self {
             storage: Some(storage),
+            settings,
             client,
             health,
         }
@@ -38,11 +46,17 @@ impl Writer {
     pub async fn run(
         mut self,
         mut messages: mpsc::UnboundedReceiver<Publish>,
+        reopen: Arc<Notify>,
         stop: CancellationToken,
     ) {
         loop {
             let first = tokio::select! {
                 message = messages.recv() => message,
+                // Between batches everything is flushed and synced: no visit is split across files.
+                _ = reopen.notified() => {
+                    self.reopen();
+                    continue;
+                }
                 // Closing lets `recv` hand out what is already queued, then end the loop.
                 _ = stop.cancelled(), if !messages.is_closed() => {
                     messages.close();
@@ -70,6 +84,21 @@ impl Writer {
                     tracing::warn!("could not ack a written message: {err}");
                 }
             }
+        }
+    }
+
+    fn reopen(&mut self) {
+        let storage = self
+            .storage
+            .as_mut()
+            .expect("storage is back after each flush");
+        match tokio::task::block_in_place(|| storage.reopen(&self.settings)) {
+            Ok(()) => {
+                tracing::info!(path = %self.settings.path.display(), "reopened the visits log")
+            }
+            Err(err) => tracing::error!(
+                "could not reopen the visits log, writing on to the old file: {err}"
+            ),
         }
     }
 

@@ -6,7 +6,9 @@
 //! range the lines take in the log: at start-up a record counts only if the log reaches its end, so a
 //! crash between the two writes can only make the sink write a batch again, never skip one.
 //!
-//! Journal record: `<start> <end> <id> <id> ...\n`, ids in simple (32 hex digits) form.
+//! Journal record: `<start> <end> <id> <id> ...\n`, ids in simple (32 hex digits) form. When the sink
+//! reopens its log (SIGHUP, after a rotation) it writes a `reopen` line: records before the last one
+//! refer to an older file, were flushed before the reopen, and count without an offset check.
 
 use std::collections::{HashSet, VecDeque};
 use std::io;
@@ -15,6 +17,9 @@ use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
 use crate::append_file::AppendFile;
+
+/// The journal line written when the log is reopened.
+const REOPEN: &[u8] = b"reopen\n";
 
 pub struct WrittenIds {
     seen: HashSet<Uuid>,
@@ -40,6 +45,8 @@ impl WrittenIds {
             journaled: 0,
             batch: Vec::new(),
         };
+        // (ids, whether the log reaches its batch); a `reopen` line vouches for everything before it.
+        let mut records: Vec<(Vec<Uuid>, bool)> = Vec::new();
         for file in [old_journal_path(log_path), path] {
             let text = match std::fs::read(&file) {
                 Ok(bytes) => bytes,
@@ -51,13 +58,16 @@ impl WrittenIds {
                 .split_inclusive(|&b| b == b'\n')
                 .filter(|r| r.ends_with(b"\n"))
             {
+                if record == REOPEN {
+                    records.iter_mut().for_each(|(_, written)| *written = true);
+                    continue;
+                }
                 let Some((start, end, ids)) = parse_record(record) else {
                     tracing::warn!(journal = %file.display(), "unreadable id journal record skipped");
                     continue;
                 };
-                if end <= log_len {
-                    ids.into_iter().for_each(|id| written.remember(id));
-                } else if start < log_len {
+                records.push((ids, end <= log_len));
+                if start < log_len && log_len < end {
                     tracing::warn!(
                         start,
                         end,
@@ -66,6 +76,9 @@ impl WrittenIds {
                     );
                 }
             }
+        }
+        for (ids, _) in records.into_iter().filter(|(_, written)| *written) {
+            ids.into_iter().for_each(|id| written.remember(id));
         }
         written.journaled = written.order.len();
         tracing::info!(
@@ -116,6 +129,12 @@ impl WrittenIds {
             self.journaled = 0;
         }
         Ok(())
+    }
+
+    /// The log was reopened (flushed first): records from now on refer to the new file.
+    pub fn log_reopened(&mut self, sync: bool) -> io::Result<()> {
+        self.journal.buffer().extend_from_slice(REOPEN);
+        self.journal.flush(sync)
     }
 
     fn remember(&mut self, id: Uuid) {
@@ -223,5 +242,25 @@ mod tests {
             "the last window is known"
         );
         assert!(recovered.is_new(ids[0]), "older ids fell out of the window");
+    }
+
+    #[test]
+    fn records_before_a_reopen_count_whatever_the_new_log_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("visits.log");
+        let (before, after) = (ids(2), ids(1));
+        let mut written = WrittenIds::recover(&log, 0, 100).unwrap();
+        before.iter().for_each(|id| assert!(written.is_new(*id)));
+        written.stage_batch(0, 500);
+        written.flush(true).unwrap();
+        written.log_reopened(true).unwrap();
+        assert!(written.is_new(after[0]));
+        written.stage_batch(0, 100);
+        written.flush(true).unwrap();
+
+        // The new log holds 50 bytes: the batch after the reopen did not make it, the ones before did.
+        let mut recovered = WrittenIds::recover(&log, 50, 100).unwrap();
+        assert!(!recovered.is_new(before[0]) && !recovered.is_new(before[1]));
+        assert!(recovered.is_new(after[0]));
     }
 }

@@ -112,6 +112,12 @@ impl Service {
             .expect("the service was running")
     }
 
+    /// SIGHUP: the sink reopens its log files.
+    pub fn hangup(&self) {
+        let child = self.child.as_ref().expect("the service is running");
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGHUP).expect("signalling the service");
+    }
+
     /// SIGKILL, and waits for the exit.
     pub fn kill(&mut self) {
         self.signal(Signal::SIGKILL);

@@ -4,11 +4,12 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::configuration::MqttSettings;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 
 use crate::Broker;
@@ -40,6 +41,7 @@ pub struct TestSink {
     /// Where the running sink serves `/metrics`, `/healthz` and `/readyz`.
     pub metrics_addr: SocketAddr,
     settings: store_sink::configuration::Settings,
+    reopen: Arc<Notify>,
     running: Option<(oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>)>,
 }
 
@@ -60,9 +62,15 @@ impl TestSink {
         listener.set_nonblocking(true).unwrap();
         self.metrics_addr = listener.local_addr().unwrap();
         let listener = TcpListener::from_std(listener).unwrap();
+        let reopen = self.reopen.clone();
         self.running = Some(start(self.settings.clone(), |settings, shutdown| {
-            store_sink::run(settings, listener, shutdown)
+            store_sink::run(settings, listener, reopen, shutdown)
         }));
+    }
+
+    /// What SIGHUP does to the binary: reopen the log files.
+    pub fn reopen_logs(&self) {
+        self.reopen.notify_one();
     }
 
     pub fn lines(&self) -> Vec<String> {
@@ -129,6 +137,7 @@ pub async fn spawn_sink(broker: &Broker, dir: &Path) -> TestSink {
         rejected_path: settings.storage.rejected_path(),
         settings,
         metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        reopen: Arc::new(Notify::new()),
         running: None,
     };
     sink.restart();

@@ -376,3 +376,51 @@ async fn past_the_hold_visits_are_dropped_counted_and_logged_but_still_served() 
     assert!(counts.values().all(|&n| n == 1));
     assert!(edge.log().contains("dropped_total="), "{}", edge.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn log_rotation_under_load_puts_every_visit_in_exactly_one_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_broker, mut sink, mut edge) = start_stack(dir.path());
+    wait_for_log(&sink, "connected to the broker").await;
+    let log = dir.path().join("visits.log");
+    let rotated = dir.path().join("visits.log.1");
+
+    let traffic = traffic(&edge, "v", 3000, 2);
+    sleep(Duration::from_millis(700)).await;
+    // What logrotate does: move the file away, then `postrotate kill -HUP`.
+    std::fs::rename(&log, &rotated).unwrap();
+    sink.hangup();
+    let report = traffic.await.unwrap();
+    assert!(edge.terminate().success());
+    wait_for_log(&sink, "reopened the visits log").await;
+
+    let deadline = Instant::now() + PATIENCE;
+    while read_lines(&rotated).len() + read_lines(&log).len() < report.answered.len()
+        && Instant::now() < deadline
+    {
+        sleep(Duration::from_millis(100)).await;
+    }
+    sink.terminate();
+    let (old, new) = (read_lines(&rotated), read_lines(&log));
+    println!(
+        "rotation under load: {} lines in the rotated file, {} in the new one",
+        old.len(),
+        new.len()
+    );
+    assert!(
+        !old.is_empty() && !new.is_empty(),
+        "the rotation fell inside the load"
+    );
+    for file in [&rotated, &log] {
+        assert!(
+            std::fs::read(file).unwrap().ends_with(b"\n"),
+            "no partial line at the end of {}",
+            file.display()
+        );
+    }
+    assert_exactly_once(
+        &[old, new].concat(),
+        &report.answered,
+        "log rotated under load",
+    );
+}
