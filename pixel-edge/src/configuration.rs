@@ -6,11 +6,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::configuration::{MqttSettings, SettingsError, Sources};
+use common::telemetry::LogSettings;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct Settings {
+    pub log: LogSettings,
     pub mqtt: MqttSettings,
     pub http: HttpSettings,
     pub edge: EdgeSettings,
@@ -209,6 +211,7 @@ mod tests {
                 "edge.queue_capacity",
             ),
             ("TRACKER__MQTT__PORT", "0", "mqtt.port"),
+            ("TRACKER__LOG__FORMAT", "xml", "log.format"),
             (
                 "TRACKER__EDGE__SPOOL_MAX_BYTES",
                 "1000",

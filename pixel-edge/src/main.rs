@@ -8,8 +8,9 @@ use tokio::net::TcpListener;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init();
     let settings = Settings::load(Sources::from_process())?;
+    telemetry::init(&settings.log);
+    tracing::info!(config = ?settings, "effective configuration (secrets masked)");
     let listener = TcpListener::bind(settings.http.listen)
         .await
         .with_context(|| format!("binding http.listen = {}", settings.http.listen))?;

@@ -4,11 +4,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use common::configuration::{MqttSettings, SettingsError, Sources};
+use common::telemetry::LogSettings;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct Settings {
+    pub log: LogSettings,
     pub mqtt: MqttSettings,
     pub storage: StorageSettings,
     pub metrics: MetricsSettings,
@@ -181,6 +183,7 @@ mod tests {
                 "storage.rejected_path",
             ),
             ("TRACKER__MQTT__TOPIC", "a/+/b", "mqtt.topic"),
+            ("TRACKER__LOG__FORMAT", "xml", "log.format"),
             ("TRACKER__METRICS__LISTEN", "nowhere", "metrics.listen"),
             (
                 "TRACKER__STORAGE__DEDUP_WINDOW",

@@ -13,8 +13,9 @@ use tokio::sync::Notify;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init();
     let settings = Settings::load(Sources::from_process())?;
+    telemetry::init(&settings.log);
+    tracing::info!(config = ?settings, "effective configuration (secrets masked)");
     let metrics_listener = TcpListener::bind(settings.metrics.listen)
         .await
         .with_context(|| format!("binding metrics.listen = {}", settings.metrics.listen))?;
