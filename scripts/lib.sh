@@ -7,12 +7,21 @@ ensure_mosquitto() {
   local missing=()
   command -v mosquitto >/dev/null || missing+=(mosquitto)
   command -v mosquitto_pub >/dev/null || missing+=(mosquitto-clients)
-  [ ${#missing[@]} -eq 0 ] && return
+  install_packages "${missing[@]}"
+}
+
+# The browser test drives Debian's headless Chromium.
+ensure_chromium() {
+  command -v chromium >/dev/null || install_packages chromium
+}
+
+install_packages() {
+  [ $# -eq 0 ] && return
   local sudo=()
   [ "$(id -u)" -eq 0 ] || sudo=(sudo)
-  echo "installing ${missing[*]}" >&2
+  echo "installing $*" >&2
   "${sudo[@]}" apt-get update -qq
-  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
 # Writes the shipped mosquitto.conf to $3 with the listener on port $1 and persistence in $2.
