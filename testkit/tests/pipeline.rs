@@ -6,9 +6,32 @@ use std::time::Duration;
 use chrono::Utc;
 use reqwest::header::{HeaderValue, REFERER, USER_AGENT};
 use testkit::visits_log::{count_by_user_agent, parse};
-use testkit::{spawn_edge, spawn_edge_with, spawn_sink, wait_for_lines, Broker, Load};
+use testkit::{
+    spawn_edge, spawn_edge_with, spawn_sink, wait_for_lines, Broker, Load, TestEdge, TestSink,
+};
 
 const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A broker, a sink writing into a temporary directory, and an edge `edge-a`.
+struct Stack {
+    broker: Broker,
+    dir: tempfile::TempDir,
+    sink: TestSink,
+    edge: TestEdge,
+}
+
+async fn stack() -> Stack {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let sink = spawn_sink(&broker, dir.path()).await;
+    let edge = spawn_edge(&broker, "edge-a").await;
+    Stack {
+        broker,
+        dir,
+        sink,
+        edge,
+    }
+}
 
 /// Sends `count` GETs with user-agent `{prefix}-{n}`, `concurrency` at a time; all must be answered.
 async fn load(client: &reqwest::Client, url: &str, prefix: &str, count: usize, concurrency: usize) {
@@ -25,10 +48,12 @@ async fn load(client: &reqwest::Client, url: &str, prefix: &str, count: usize, c
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_request_becomes_exactly_one_correct_line() {
-    let broker = Broker::start();
-    let dir = tempfile::tempdir().unwrap();
-    let mut sink = spawn_sink(&broker, dir.path()).await;
-    let edge = spawn_edge(&broker, "edge-a").await;
+    let Stack {
+        broker: _broker,
+        dir: _dir,
+        mut sink,
+        edge,
+    } = stack().await;
 
     let before = Utc::now();
     let response = reqwest::Client::new()
@@ -85,10 +110,12 @@ async fn a_request_becomes_exactly_one_correct_line() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn missing_or_empty_headers_are_null() {
-    let broker = Broker::start();
-    let dir = tempfile::tempdir().unwrap();
-    let mut sink = spawn_sink(&broker, dir.path()).await;
-    let edge = spawn_edge(&broker, "edge-a").await;
+    let Stack {
+        broker: _broker,
+        dir: _dir,
+        mut sink,
+        edge,
+    } = stack().await;
     let client = reqwest::Client::new();
     // reqwest sends no User-Agent unless told to.
     client.get(edge.track_url()).send().await.unwrap();
@@ -112,10 +139,12 @@ async fn missing_or_empty_headers_are_null() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn head_records_nothing_and_other_methods_and_paths_are_refused() {
-    let broker = Broker::start();
-    let dir = tempfile::tempdir().unwrap();
-    let mut sink = spawn_sink(&broker, dir.path()).await;
-    let edge = spawn_edge(&broker, "edge-a").await;
+    let Stack {
+        broker: _broker,
+        dir: _dir,
+        mut sink,
+        edge,
+    } = stack().await;
     let client = reqwest::Client::new();
 
     let head = client
@@ -164,10 +193,12 @@ async fn head_records_nothing_and_other_methods_and_paths_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn header_bytes_that_could_forge_a_line_are_escaped_and_recoverable() {
-    let broker = Broker::start();
-    let dir = tempfile::tempdir().unwrap();
-    let mut sink = spawn_sink(&broker, dir.path()).await;
-    let edge = spawn_edge(&broker, "edge-a").await;
+    let Stack {
+        broker: _broker,
+        dir: _dir,
+        mut sink,
+        edge,
+    } = stack().await;
     let user_agent: &[u8] = b"Evil \xff\xfe|6.6.6.6\\ \xe2\x80\xa8 \xc3\xa9";
     let referrer: &[u8] = b"https://example.com/?q=a|b\tc";
     reqwest::Client::new()
@@ -273,10 +304,12 @@ async fn two_edges_thousands_of_requests_each_land_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_malformed_message_is_set_aside_and_the_next_visit_lands() {
-    let broker = Broker::start();
-    let dir = tempfile::tempdir().unwrap();
-    let mut sink = spawn_sink(&broker, dir.path()).await;
-    let edge = spawn_edge(&broker, "edge-a").await;
+    let Stack {
+        broker,
+        dir: _dir,
+        mut sink,
+        edge,
+    } = stack().await;
     let client = reqwest::Client::new();
     // Wait for the sink's subscription before publishing behind the edge's back.
     client
@@ -339,10 +372,12 @@ async fn a_malformed_message_is_set_aside_and_the_next_visit_lands() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn visits_taken_while_the_sink_is_down_arrive_when_it_returns() {
     const VISITS: usize = 500;
-    let broker = Broker::start();
-    let dir = tempfile::tempdir().unwrap();
-    let mut sink = spawn_sink(&broker, dir.path()).await;
-    let edge = spawn_edge(&broker, "edge-a").await;
+    let Stack {
+        broker: _broker,
+        dir: _dir,
+        mut sink,
+        edge,
+    } = stack().await;
     let client = reqwest::Client::new();
     client
         .get(edge.track_url())
@@ -373,10 +408,12 @@ async fn visits_taken_while_the_sink_is_down_arrive_when_it_returns() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unacknowledged_visits_are_sent_again_after_the_broker_returns() {
     const VISITS: usize = 300;
-    let mut broker = Broker::start();
-    let dir = tempfile::tempdir().unwrap();
-    let mut sink = spawn_sink(&broker, dir.path()).await;
-    let edge = spawn_edge(&broker, "edge-a").await;
+    let Stack {
+        mut broker,
+        dir: _dir,
+        mut sink,
+        edge,
+    } = stack().await;
     let client = reqwest::Client::new();
     client
         .get(edge.track_url())
@@ -430,10 +467,12 @@ async fn visits_taken_before_any_sink_subscribed_wait_for_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_sink_reports_health_readiness_and_metrics() {
-    let broker = Broker::start();
-    let dir = tempfile::tempdir().unwrap();
-    let mut sink = spawn_sink(&broker, dir.path()).await;
-    let edge = spawn_edge(&broker, "edge-a").await;
+    let Stack {
+        broker: _broker,
+        dir: _dir,
+        mut sink,
+        edge,
+    } = stack().await;
     let client = reqwest::Client::new();
     load(&client, &edge.track_url(), "m", 20, 4).await;
     wait_for_lines(&sink.path, 20, PATIENCE).await;
