@@ -505,3 +505,26 @@ async fn the_sink_reports_health_readiness_and_metrics() {
     edge.stop().await;
     sink.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn headers_are_cut_at_the_edge_before_they_are_queued() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = spawn_sink(&broker, dir.path()).await;
+    let edge = spawn_edge_with(&broker, "edge-a", |s| s.edge.max_field_bytes = 10).await;
+    reqwest::Client::new()
+        .get(edge.track_url())
+        .header(USER_AGENT, "0123456789-and-much-more")
+        .header(REFERER, "https://xé.example/long/path")
+        .send()
+        .await
+        .unwrap();
+
+    wait_for_lines(&sink.path, 1, PATIENCE).await;
+    edge.stop().await;
+    sink.stop().await;
+    let line = parse(&sink.lines()[0]);
+    assert_eq!(line.user_agent.as_deref(), Some(&b"0123456789"[..]));
+    // 10 bytes would split the two-byte é: the cut moves back to the character's start.
+    assert_eq!(line.referrer.as_deref(), Some(&b"https://x"[..]));
+}
