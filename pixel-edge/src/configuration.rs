@@ -31,6 +31,8 @@ pub struct HttpSettings {
     pub max_uri_bytes: usize,
     /// A connection that has not sent a whole request head in this time is closed.
     pub header_read_timeout_secs: u64,
+    /// Runtime worker threads (HTTP and publishing); unset, one per CPU.
+    pub workers: Option<usize>,
 }
 
 impl Default for HttpSettings {
@@ -41,6 +43,7 @@ impl Default for HttpSettings {
             max_header_bytes: 16 * 1024,
             max_uri_bytes: 8 * 1024,
             header_read_timeout_secs: 10,
+            workers: None,
         }
     }
 }
@@ -121,6 +124,9 @@ impl Settings {
                 "http.max_uri_bytes",
                 "must be between 1 and http.max_header_bytes",
             ));
+        }
+        if http.workers == Some(0) {
+            return Err(SettingsError::invalid("http.workers", "must be at least 1"));
         }
         if http.header_read_timeout_secs == 0 {
             return Err(SettingsError::invalid(
