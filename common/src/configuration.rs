@@ -57,6 +57,19 @@ impl Sources {
         }
     }
 
+    /// `file` (if any) and exactly these variables instead of the process environment: for tests, which
+    /// must not share the process-wide environment.
+    pub fn with_env(file: Option<PathBuf>, pairs: &[(&str, &str)]) -> Self {
+        let env = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Self {
+            file,
+            env: Some(env),
+        }
+    }
+
     /// Merges the layers and deserialises them into `T`, whose serde defaults are the first layer.
     pub fn load<T: DeserializeOwned>(self) -> Result<T, SettingsError> {
         let file = match &self.file {
@@ -167,21 +180,8 @@ mod tests {
         mqtt: MqttSettings,
     }
 
-    fn env(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
-        Some(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
-    }
-
     fn load(file: Option<PathBuf>, pairs: &[(&str, &str)]) -> Result<Probe, SettingsError> {
-        Sources {
-            file,
-            env: env(pairs),
-        }
-        .load()
+        Sources::with_env(file, pairs).load()
     }
 
     #[test]

@@ -169,19 +169,10 @@ impl Settings {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use super::*;
 
     fn load(pairs: &[(&str, &str)]) -> Result<Settings, SettingsError> {
-        let env: HashMap<_, _> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Settings::load(Sources {
-            file: None,
-            env: Some(env),
-        })
+        Settings::load(Sources::with_env(None, pairs))
     }
 
     #[test]
@@ -233,11 +224,7 @@ mod tests {
     #[test]
     fn the_shipped_settings_file_loads() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("appsettings.json");
-        let settings = Settings::load(Sources {
-            file: Some(path),
-            env: Some(HashMap::new()),
-        })
-        .unwrap();
+        let settings = Settings::load(Sources::with_env(Some(path), &[])).unwrap();
         assert_eq!(settings.mqtt.topic, "tracker/visits");
         assert_eq!(settings.edge.queue_capacity, 100_000);
     }
