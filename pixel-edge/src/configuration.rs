@@ -210,6 +210,32 @@ mod tests {
             ("TRACKER__MQTT__PORT", "0", "mqtt.port"),
             ("TRACKER__LOG__FORMAT", "xml", "log.format"),
             (
+                "TRACKER__HTTP__MAX_HEADER_BYTES",
+                "100",
+                "http.max_header_bytes",
+            ),
+            (
+                "TRACKER__HTTP__MAX_URI_BYTES",
+                "100000",
+                "http.max_uri_bytes",
+            ),
+            (
+                "TRACKER__HTTP__MAX_CONNECTIONS",
+                "0",
+                "http.max_connections",
+            ),
+            (
+                "TRACKER__HTTP__HEADER_READ_TIMEOUT_SECS",
+                "0",
+                "http.header_read_timeout_secs",
+            ),
+            ("TRACKER__HTTP__WORKERS", "0", "http.workers"),
+            (
+                "TRACKER__EDGE__MAX_FIELD_BYTES",
+                "0",
+                "edge.max_field_bytes",
+            ),
+            (
                 "TRACKER__EDGE__SPOOL_MAX_BYTES",
                 "1000",
                 "edge.spool_max_bytes",
