@@ -24,11 +24,16 @@ install_packages() {
   "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
-# Writes the shipped mosquitto.conf to $3 with the listener on port $1 and persistence in $2.
+# Writes the shipped mosquitto.conf to $5 for a broker outside a container: plain MQTT on port $1,
+# TLS on $2, persistence in $3, passwords and certificates from $4 (made by `scripts/secrets init`),
+# the ACL from this checkout.
 derive_mosquitto_conf() {
-  local port=$1 data_dir=$2 out=$3
-  sed -e "s#^listener .*#listener $port#" \
+  local port=$1 tls_port=$2 data_dir=$3 secrets_dir=$4 out=$5
+  sed -e "s#^listener 1883\$#listener $port#" \
+      -e "s#^listener 8883\$#listener $tls_port#" \
       -e "s#^persistence_location .*#persistence_location $data_dir/#" \
+      -e "s#/mosquitto/secrets/#$secrets_dir/#" \
+      -e "s#/mosquitto/config/#$PWD/mosquitto/#" \
       mosquitto/mosquitto.conf > "$out"
   # As root Mosquitto switches to the 'mosquitto' user, who could not write $data_dir.
   [ "$(id -u)" -ne 0 ] || echo "user root" >> "$out"

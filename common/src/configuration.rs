@@ -101,6 +101,16 @@ pub struct MqttSettings {
     pub client_id: Option<String>,
     pub username: Option<String>,
     pub password: Option<SecretString>,
+    /// The password read from this file instead (a Docker secret, say) at start-up; surrounding
+    /// whitespace is ignored.
+    pub password_file: Option<PathBuf>,
+    /// Connect over TLS (the broker's 8883 listener).
+    pub tls: bool,
+    /// PEM CA certificate(s) the broker's certificate must chain to; unset, the public web PKI.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain and its key, for a broker that asks for one (both or neither).
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
     /// Base topic; edges publish to `{topic}/{edge.id}`, the sink reads `{topic}/#`.
     pub topic: String,
 }
@@ -113,6 +123,11 @@ impl Default for MqttSettings {
             client_id: None,
             username: None,
             password: None,
+            password_file: None,
+            tls: false,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
             topic: "tracker/visits".into(),
         }
     }
@@ -146,25 +161,82 @@ impl MqttSettings {
                 format!("{topic:?} must be a non-empty topic without wildcards or a trailing '/'"),
             ));
         }
-        if self.password.is_some() && self.credentials().is_none() {
+        let has_user = self.username.as_deref().is_some_and(|u| !u.is_empty());
+        if (self.password.is_some() || self.password_file.is_some()) && !has_user {
             return Err(SettingsError::invalid(
                 "mqtt.username",
-                "must be set when mqtt.password is",
+                "must be set when mqtt.password or mqtt.password_file is",
             ));
         }
+        if self.password.is_some() && self.password_file.is_some() {
+            return Err(SettingsError::invalid(
+                "mqtt.password_file",
+                "set either mqtt.password or mqtt.password_file, not both",
+            ));
+        }
+        if !self.tls
+            && (self.ca_file.is_some()
+                || self.client_cert_file.is_some()
+                || self.client_key_file.is_some())
+        {
+            return Err(SettingsError::invalid(
+                "mqtt.tls",
+                "must be true when mqtt.ca_file or a client certificate is set",
+            ));
+        }
+        // Read the files now, so that a wrong path stops start-up instead of every connection attempt.
+        self.credentials()?;
+        self.transport()?;
         Ok(())
     }
 
     /// User name and password, when a user name is set (an empty value counts as unset).
-    pub fn credentials(&self) -> Option<(String, String)> {
+    pub fn credentials(&self) -> Result<Option<(String, String)>, SettingsError> {
         use secrecy::ExposeSecret;
-        let user = self.username.as_deref().filter(|u| !u.is_empty())?;
-        let password = self
-            .password
-            .as_ref()
-            .map(|p| p.expose_secret().to_owned())
-            .unwrap_or_default();
-        Some((user.to_owned(), password))
+        let Some(user) = self.username.as_deref().filter(|u| !u.is_empty()) else {
+            return Ok(None);
+        };
+        let password = match (&self.password, &self.password_file) {
+            (Some(password), _) => password.expose_secret().to_owned(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|err| {
+                    SettingsError::invalid(
+                        "mqtt.password_file",
+                        format!("{}: {err}", path.display()),
+                    )
+                })?
+                .trim()
+                .to_owned(),
+            (None, None) => String::new(),
+        };
+        Ok(Some((user.to_owned(), password)))
+    }
+
+    /// Plain TCP, or TLS as `mqtt.tls`, `mqtt.ca_file` and the client certificate say.
+    pub fn transport(&self) -> Result<rumqttc::Transport, SettingsError> {
+        if !self.tls {
+            return Ok(rumqttc::Transport::Tcp);
+        }
+        let client_cert = match (&self.client_cert_file, &self.client_key_file) {
+            (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(SettingsError::invalid(
+                    "mqtt.client_key_file",
+                    "must be set when mqtt.client_cert_file is",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(SettingsError::invalid(
+                    "mqtt.client_cert_file",
+                    "must be set when mqtt.client_key_file is",
+                ))
+            }
+        };
+        let config = crate::tls::client_config(self.ca_file.as_deref(), client_cert)?;
+        Ok(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(config)),
+        ))
     }
 }
 
@@ -205,7 +277,7 @@ mod tests {
         assert_eq!(probe.mqtt.host, "broker.internal");
         assert_eq!(probe.mqtt.port, 1884);
         assert_eq!(
-            probe.mqtt.credentials(),
+            probe.mqtt.credentials().unwrap(),
             Some(("edge".into(), String::new()))
         );
     }
@@ -252,6 +324,66 @@ mod tests {
         )
         .unwrap();
         assert!(!format!("{probe:?}").contains("hunter2"));
-        assert_eq!(probe.mqtt.credentials().unwrap().1, "hunter2");
+        assert_eq!(probe.mqtt.credentials().unwrap().unwrap().1, "hunter2");
+    }
+
+    #[test]
+    fn the_password_file_is_read_and_trimmed() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "  s3cret ").unwrap();
+        let path = file.path().display().to_string();
+        let probe = load(
+            None,
+            &[
+                ("TRACKER__MQTT__USERNAME", "edge"),
+                ("TRACKER__MQTT__PASSWORD_FILE", &path),
+            ],
+        )
+        .unwrap();
+        probe.mqtt.validate().unwrap();
+        assert_eq!(
+            probe.mqtt.credentials().unwrap(),
+            Some(("edge".into(), "s3cret".into()))
+        );
+    }
+
+    #[test]
+    fn secret_and_tls_mistakes_name_their_key() {
+        let cases: [(&[(&str, &str)], &str); 5] = [
+            (
+                &[
+                    ("TRACKER__MQTT__USERNAME", "edge"),
+                    ("TRACKER__MQTT__PASSWORD_FILE", "/nonexistent/edge.password"),
+                ],
+                "`mqtt.password_file`",
+            ),
+            (
+                &[
+                    ("TRACKER__MQTT__USERNAME", "edge"),
+                    ("TRACKER__MQTT__PASSWORD", "x"),
+                    ("TRACKER__MQTT__PASSWORD_FILE", "/etc/hostname"),
+                ],
+                "`mqtt.password_file`",
+            ),
+            (&[("TRACKER__MQTT__CA_FILE", "/etc/hostname")], "`mqtt.tls`"),
+            (
+                &[
+                    ("TRACKER__MQTT__TLS", "true"),
+                    ("TRACKER__MQTT__CA_FILE", "/nonexistent/ca.crt"),
+                ],
+                "`mqtt.ca_file`",
+            ),
+            (
+                &[
+                    ("TRACKER__MQTT__TLS", "true"),
+                    ("TRACKER__MQTT__CLIENT_CERT_FILE", "/etc/hostname"),
+                ],
+                "`mqtt.client_key_file`",
+            ),
+        ];
+        for (pairs, key) in cases {
+            let err = load(None, pairs).unwrap().mqtt.validate().unwrap_err();
+            assert!(err.to_string().contains(key), "{pairs:?}: {err}");
+        }
     }
 }

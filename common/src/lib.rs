@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod shutdown;
 pub mod telemetry;
 pub mod timestamp;
+pub mod tls;
 pub mod visit;
 pub mod wire;
 

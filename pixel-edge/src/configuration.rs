@@ -51,7 +51,9 @@ impl Default for HttpSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct EdgeSettings {
-    /// Names this edge in every event and in its topic `{mqtt.topic}/{edge.id}`.
+    /// Names this edge in every event and in its topic `{mqtt.topic}/{edge.id}`. Unset: the host
+    /// name, below the broker user's name when there is one (`{mqtt.username}/{host}`), because the
+    /// broker's ACL lets a user publish only to `{mqtt.topic}/{user}` and below.
     pub id: String,
     /// Visits held in memory while the broker is slow or away; past it a visit is dropped and counted.
     pub queue_capacity: usize,
@@ -68,10 +70,8 @@ pub struct EdgeSettings {
 impl Default for EdgeSettings {
     fn default() -> Self {
         Self {
-            // Assumption: the host name is unique among edges (it is per container under compose).
-            id: hostname::get()
-                .map(|name| name.to_string_lossy().into_owned())
-                .unwrap_or_else(|_| "edge".into()),
+            // Empty: derived in `Settings::load`, once the user name is known.
+            id: String::new(),
             queue_capacity: 100_000,
             drain_timeout_secs: 10,
             spool_dir: None,
@@ -83,21 +83,44 @@ impl Default for EdgeSettings {
 
 impl Settings {
     pub fn load(sources: Sources) -> Result<Self, SettingsError> {
-        let settings: Self = sources.load()?;
+        let mut settings: Self = sources.load()?;
+        if settings.edge.id.is_empty() {
+            settings.edge.id = settings.default_edge_id();
+        }
         settings.validate()?;
         Ok(settings)
+    }
+
+    // Assumption: the host name is unique among edges (it is per container under compose).
+    fn default_edge_id(&self) -> String {
+        let host = hostname::get()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "edge".into());
+        match self.mqtt.username.as_deref().filter(|u| !u.is_empty()) {
+            Some(user) => format!("{user}/{host}"),
+            None => host,
+        }
     }
 
     pub fn validate(&self) -> Result<(), SettingsError> {
         self.mqtt.validate()?;
         let id = &self.edge.id;
-        if id.is_empty() || id.contains(['/', '+', '#', '\0']) {
+        if id.split('/').any(|level| level.is_empty()) || id.contains(['+', '#', '\0']) {
             return Err(SettingsError::invalid(
                 "edge.id",
-                format!(
-                    "{id:?} must be non-empty and free of '/', '+' and '#' (it is a topic level)"
-                ),
+                format!("{id:?} must be non-empty topic levels, without '+' or '#'"),
             ));
+        }
+        if let Some(user) = self.mqtt.username.as_deref().filter(|u| !u.is_empty()) {
+            let below_user = id
+                .strip_prefix(user)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+            if !below_user {
+                return Err(SettingsError::invalid(
+                    "edge.id",
+                    format!("{id:?} must be {user:?} or start with \"{user}/\": the broker lets user {user:?} publish only there"),
+                ));
+            }
         }
         if self.edge.spool_max_bytes < 1024 * 1024 {
             return Err(SettingsError::invalid(
@@ -190,17 +213,33 @@ mod tests {
     }
 
     #[test]
-    fn the_default_edge_id_is_the_host_name() {
-        let settings = load(&[]).unwrap();
-        assert!(!settings.edge.id.is_empty());
-        assert_eq!(settings.http.listen.port(), 8080);
+    fn the_default_edge_id_is_the_host_name_below_the_broker_user() {
+        let host = hostname::get().unwrap().to_string_lossy().into_owned();
+        assert_eq!(load(&[]).unwrap().edge.id, host);
+        let settings = load(&[("TRACKER__MQTT__USERNAME", "paris")]).unwrap();
+        assert_eq!(settings.edge.id, format!("paris/{host}"));
+        assert_eq!(settings.topic(), format!("tracker/visits/paris/{host}"));
+    }
+
+    #[test]
+    fn an_edge_id_outside_the_users_topic_is_refused() {
+        let site = [("TRACKER__MQTT__USERNAME", "paris")];
+        for id in ["paris", "paris/edge-1"] {
+            let settings = load(&[site[0], ("TRACKER__EDGE__ID", id)]).unwrap();
+            assert_eq!(settings.edge.id, id);
+        }
+        for id in ["lyon", "parisian/edge-1", "lyon/paris"] {
+            let err = load(&[site[0], ("TRACKER__EDGE__ID", id)]).unwrap_err();
+            assert!(err.to_string().contains("`edge.id`"), "{id}: {err}");
+        }
     }
 
     #[test]
     fn bad_values_name_their_key() {
         let cases = [
             ("TRACKER__HTTP__LISTEN", "localhost", "http.listen"),
-            ("TRACKER__EDGE__ID", "a/b", "edge.id"),
+            ("TRACKER__EDGE__ID", "a//b", "edge.id"),
+            ("TRACKER__EDGE__ID", "a/+", "edge.id"),
             ("TRACKER__EDGE__QUEUE_CAPACITY", "0", "edge.queue_capacity"),
             (
                 "TRACKER__EDGE__QUEUE_CAPACITY",

@@ -45,7 +45,7 @@ pub async fn run(
     let (queue, queue_rx) = queue::channel(settings.edge.queue_capacity);
     let broker_connected = Arc::new(AtomicBool::new(false));
     let stop_publishing = CancellationToken::new();
-    let publisher = Publisher::new(&settings, queue_rx, spool, broker_connected.clone());
+    let publisher = Publisher::new(&settings, queue_rx, spool, broker_connected.clone())?;
     let publisher = tokio::spawn(publisher.run(stop_publishing.clone(), settings.drain_timeout()));
 
     let tracker = Arc::new(Tracker {

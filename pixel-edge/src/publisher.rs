@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::configuration::SettingsError;
 use rumqttc::v5::mqttbytes::v5::PubAckReason;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{Event, Incoming, MqttOptions};
@@ -60,7 +61,7 @@ impl Publisher {
         queue: mpsc::Receiver<EncodedVisit>,
         spool: Option<Spool>,
         broker_connected: Arc<AtomicBool>,
-    ) -> Self {
+    ) -> Result<Self, SettingsError> {
         let mut options = MqttOptions::new(
             settings.client_id(),
             &settings.mqtt.host,
@@ -69,10 +70,11 @@ impl Publisher {
         options.set_keep_alive(Duration::from_secs(15));
         // The edge keeps no broker session: it resends what was not acked itself (see `connection`).
         options.set_clean_start(true);
-        if let Some((user, password)) = settings.mqtt.credentials() {
+        options.set_transport(settings.mqtt.transport()?);
+        if let Some((user, password)) = settings.mqtt.credentials()? {
             options.set_credentials(user, password);
         }
-        Self {
+        Ok(Self {
             options,
             topic: settings.topic(),
             queue,
@@ -87,7 +89,7 @@ impl Publisher {
             retry_delays: Box::new(common::backoff::retry_delays()),
             paused_until: None,
             delivered: 0,
-        }
+        })
     }
 
     /// Publishes until `stop` is cancelled and everything held is delivered, or `drain_timeout` after

@@ -25,7 +25,12 @@ fn a_bad_setting_stops_start_up_naming_the_key() {
     for (var, value, key) in [
         ("TRACKER__MQTT__PORT", "nope", "mqtt.port"),
         ("TRACKER__HTTP__LISTEN", "everywhere", "http.listen"),
-        ("TRACKER__EDGE__ID", "a/b", "edge.id"),
+        ("TRACKER__EDGE__ID", "a//b", "edge.id"),
+        (
+            "TRACKER__MQTT__PASSWORD_FILE",
+            "/nonexistent",
+            "mqtt.password_file",
+        ),
     ] {
         let output = edge().env(var, value).output().unwrap();
         assert!(!output.status.success(), "{var}={value} was accepted");

@@ -45,7 +45,7 @@ pub async fn run(
         writable: AtomicBool::new(true),
     });
     let (client, eventloop) =
-        AsyncClient::new(subscription::mqtt_options(&settings), REQUEST_CAPACITY);
+        AsyncClient::new(subscription::mqtt_options(&settings)?, REQUEST_CAPACITY);
     // Unbounded, yet bounded in effect: the broker sends at most `max_inflight_messages` unacked messages.
     let (to_writer, messages) = mpsc::unbounded_channel();
     let stop = CancellationToken::new();

@@ -12,6 +12,8 @@ use rumqttc::{
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use common::configuration::SettingsError;
+
 use crate::configuration::Settings;
 use crate::health::SinkHealth;
 
@@ -21,7 +23,7 @@ const MAX_PACKET_BYTES: usize = 4 * 1024 * 1024;
 
 /// Options for a persistent session: the broker keeps the subscription and queues visits while the
 /// sink is away.
-pub fn mqtt_options(settings: &Settings) -> MqttOptions {
+pub fn mqtt_options(settings: &Settings) -> Result<MqttOptions, SettingsError> {
     let mut options = MqttOptions::new(
         settings.client_id(),
         &settings.mqtt.host,
@@ -31,10 +33,11 @@ pub fn mqtt_options(settings: &Settings) -> MqttOptions {
     options.set_manual_acks(true);
     options.set_keep_alive(Duration::from_secs(15));
     options.set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
-    if let Some((user, password)) = settings.mqtt.credentials() {
+    options.set_transport(settings.mqtt.transport()?);
+    if let Some((user, password)) = settings.mqtt.credentials()? {
         options.set_credentials(user, password);
     }
-    options
+    Ok(options)
 }
 
 /// Polls until the client's DISCONNECT went out, or until the connection is lost after `stop`.

@@ -1,17 +1,21 @@
-//! A real Mosquitto for one test: the shipped config with only the listener, the persistence directory
-//! and the log destination changed.
+//! A real Mosquitto for one test: the shipped config (no anonymous clients, the ACL, a TLS listener)
+//! with only the ports, the persistence directory, the secrets' directory and the log destination
+//! changed. Its secrets come from `scripts/secrets init`, as an operator's would: a fresh test CA and
+//! the users `store-sink`, `edge` and `monitor`.
 
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::configuration::MqttSettings;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tempfile::TempDir;
 
 pub struct Broker {
     port: u16,
+    tls_port: u16,
     /// Holds the derived config, the persistence snapshot and the broker's log.
     dir: TempDir,
     child: Option<Child>,
@@ -20,11 +24,13 @@ pub struct Broker {
 impl Broker {
     /// Starts a broker on a free port and waits until it accepts connections.
     pub fn start() -> Self {
-        let port = free_port();
+        let (port, tls_port) = (free_port(), free_port());
         let dir = tempfile::tempdir().expect("temp dir for the broker");
-        write_config(port, dir.path());
+        run_script(&["scripts/secrets", "init"], &dir.path().join("secrets"));
+        write_config(port, tls_port, dir.path());
         let mut broker = Self {
             port,
+            tls_port,
             dir,
             child: None,
         };
@@ -32,8 +38,73 @@ impl Broker {
         broker
     }
 
+    /// Plain MQTT.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// MQTT over TLS, with a certificate for `localhost` and `127.0.0.1` from [`Self::ca_file`].
+    pub fn tls_port(&self) -> u16 {
+        self.tls_port
+    }
+
+    pub fn secrets_dir(&self) -> PathBuf {
+        self.dir.path().join("secrets")
+    }
+
+    pub fn ca_file(&self) -> PathBuf {
+        self.secrets_dir().join("ca.crt")
+    }
+
+    /// Where `scripts/secrets` put `user`'s password.
+    pub fn password_file(&self, user: &str) -> PathBuf {
+        self.secrets_dir().join(format!("{user}.password"))
+    }
+
+    pub fn password(&self, user: &str) -> String {
+        std::fs::read_to_string(self.password_file(user))
+            .expect("a user made by scripts/secrets")
+            .trim()
+            .to_owned()
+    }
+
+    /// Settings for reaching this broker over plain MQTT as `user`.
+    pub fn mqtt_settings(&self, user: &str) -> MqttSettings {
+        MqttSettings {
+            host: "127.0.0.1".into(),
+            port: self.port,
+            username: Some(user.into()),
+            password_file: Some(self.password_file(user)),
+            ..MqttSettings::default()
+        }
+    }
+
+    /// Adds a broker user with `scripts/secrets user` and makes the running broker reload its
+    /// password file.
+    pub fn add_user(&mut self, user: &str) {
+        run_script(&["scripts/secrets", "user", user], &self.secrets_dir());
+        self.signal_running(Signal::SIGHUP);
+        // A reload is not acknowledged; wait until the new user is let in.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.accepts(user) {
+            assert!(
+                Instant::now() < deadline,
+                "the broker did not reload its users"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Whether `user` can connect (checked with `mosquitto_pub`).
+    fn accepts(&self, user: &str) -> bool {
+        Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-u", user, "-P", &self.password(user)])
+            .args(["-t", "probe", "-n"])
+            .stderr(Stdio::null())
+            .status()
+            .expect("mosquitto_pub must be installed: run scripts/test, which installs it")
+            .success()
     }
 
     /// The broker's own log, for a failing test to print.
@@ -80,6 +151,11 @@ impl Broker {
         }
     }
 
+    fn signal_running(&self, signal: Signal) {
+        let child = self.child.as_ref().expect("a running broker");
+        kill(Pid::from_raw(child.id() as i32), signal).expect("signalling mosquitto");
+    }
+
     fn signal(&mut self, signal: Signal) {
         if let Some(mut child) = self.child.take() {
             kill(Pid::from_raw(child.id() as i32), signal).expect("signalling mosquitto");
@@ -106,15 +182,29 @@ fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// Runs one of the project's scripts with `dir` as its last argument, from the workspace root.
+fn run_script(command: &[&str], dir: &Path) {
+    let status = Command::new("bash")
+        .current_dir(workspace_root())
+        .args(command)
+        .arg(dir)
+        .stderr(Stdio::null())
+        .status()
+        .expect("running bash");
+    assert!(status.success(), "{command:?} failed");
+}
+
 /// The shipped config, derived by the same shell function `scripts/run-local` uses, plus a log file.
-fn write_config(port: u16, dir: &Path) {
+fn write_config(port: u16, tls_port: u16, dir: &Path) {
     let conf = dir.join("mosquitto.conf");
     let status = Command::new("bash")
         .current_dir(workspace_root())
         .arg("-c")
-        .arg(r#"source scripts/lib.sh && derive_mosquitto_conf "$0" "$1" "$2""#)
-        .arg(port.to_string())
+        .arg(r#"source scripts/lib.sh && derive_mosquitto_conf "$@""#)
+        .arg("derive")
+        .args([port.to_string(), tls_port.to_string()])
         .arg(dir)
+        .arg(dir.join("secrets"))
         .arg(&conf)
         .status()
         .expect("running bash");

@@ -14,4 +14,5 @@ pub use load::{client, Load, LoadReport};
 pub use process::Service;
 pub use services::{
     read_lines, spawn_edge, spawn_edge_with, spawn_sink, wait_for_lines, TestEdge, TestSink,
+    EDGE_USER,
 };

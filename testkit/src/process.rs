@@ -12,6 +12,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::broker::free_port;
+use crate::services::EDGE_USER;
 use crate::Broker;
 
 pub struct Service {
@@ -24,11 +25,11 @@ pub struct Service {
 }
 
 impl Service {
-    /// A pixel edge with id `id`, on a free port kept across restarts; `extra` adds or overrides settings.
+    /// A pixel edge with id `edge/{id}`, on a free port kept across restarts; `extra` adds or overrides settings.
     pub fn edge(broker: &Broker, id: &str, dir: &Path, extra: &[(&str, &str)]) -> Self {
         let port = free_port();
-        let mut env = base_env(broker);
-        env.push(("TRACKER__EDGE__ID".into(), id.into()));
+        let mut env = base_env(broker, EDGE_USER);
+        env.push(("TRACKER__EDGE__ID".into(), format!("{EDGE_USER}/{id}")));
         env.push(("TRACKER__HTTP__LISTEN".into(), format!("127.0.0.1:{port}")));
         Self::new(
             "pixel-edge",
@@ -41,7 +42,7 @@ impl Service {
 
     /// The store sink writing `dir/visits.log`; `extra` adds or overrides settings.
     pub fn sink(broker: &Broker, dir: &Path, extra: &[(&str, &str)]) -> Self {
-        let mut env = base_env(broker);
+        let mut env = base_env(broker, "store-sink");
         env.push(("TRACKER__METRICS__LISTEN".into(), "127.0.0.1:0".into()));
         env.push((
             "TRACKER__STORAGE__PATH".into(),
@@ -140,10 +141,15 @@ impl Drop for Service {
     }
 }
 
-fn base_env(broker: &Broker) -> Vec<(String, String)> {
+fn base_env(broker: &Broker, user: &str) -> Vec<(String, String)> {
     vec![
         ("TRACKER__MQTT__HOST".into(), "127.0.0.1".into()),
         ("TRACKER__MQTT__PORT".into(), broker.port().to_string()),
+        ("TRACKER__MQTT__USERNAME".into(), user.into()),
+        (
+            "TRACKER__MQTT__PASSWORD_FILE".into(),
+            broker.password_file(user).display().to_string(),
+        ),
         ("RUST_LOG".into(), "info".into()),
     ]
 }

@@ -7,7 +7,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::configuration::MqttSettings;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
@@ -82,20 +81,16 @@ impl TestSink {
     }
 }
 
-fn mqtt(broker: &Broker) -> MqttSettings {
-    MqttSettings {
-        host: "127.0.0.1".into(),
-        port: broker.port(),
-        ..MqttSettings::default()
-    }
-}
+/// The broker user every test edge connects as; an edge `x` gets the edge id `edge/x`, the topic
+/// the broker's ACL allows that user.
+pub const EDGE_USER: &str = "edge";
 
-/// Starts an edge with id `id` on `127.0.0.1:0`.
+/// Starts an edge with id `edge/{id}` on `127.0.0.1:0`.
 pub async fn spawn_edge(broker: &Broker, id: &str) -> TestEdge {
     spawn_edge_with(broker, id, |_| {}).await
 }
 
-/// Starts an edge with id `id` on `127.0.0.1:0`, after `customize` had its say on the settings
+/// Starts an edge with id `edge/{id}` on `127.0.0.1:0`, after `customize` had its say on the settings
 /// (another listen address, limits, ...).
 pub async fn spawn_edge_with(
     broker: &Broker,
@@ -103,10 +98,10 @@ pub async fn spawn_edge_with(
     customize: impl FnOnce(&mut pixel_edge::configuration::Settings),
 ) -> TestEdge {
     let mut settings = pixel_edge::configuration::Settings {
-        mqtt: mqtt(broker),
+        mqtt: broker.mqtt_settings(EDGE_USER),
         ..Default::default()
     };
-    settings.edge.id = id.into();
+    settings.edge.id = format!("{EDGE_USER}/{id}");
     settings.http.listen = "127.0.0.1:0".parse().unwrap();
     customize(&mut settings);
     settings.validate().expect("valid edge settings");
@@ -127,7 +122,7 @@ pub async fn spawn_edge_with(
 /// Starts a sink writing into `dir`.
 pub async fn spawn_sink(broker: &Broker, dir: &Path) -> TestSink {
     let mut settings = store_sink::configuration::Settings {
-        mqtt: mqtt(broker),
+        mqtt: broker.mqtt_settings("store-sink"),
         ..Default::default()
     };
     settings.storage.path = dir.join("visits.log");

@@ -8,6 +8,7 @@ use reqwest::header::{HeaderValue, REFERER, USER_AGENT};
 use testkit::visits_log::{count_by_user_agent, parse};
 use testkit::{
     spawn_edge, spawn_edge_with, spawn_sink, wait_for_lines, Broker, Load, TestEdge, TestSink,
+    EDGE_USER,
 };
 
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -330,7 +331,8 @@ async fn a_malformed_message_is_set_aside_and_the_next_visit_lands() {
                 "-q",
                 "1",
             ])
-            .args(["-t", "tracker/visits/intruder", "-m", payload])
+            .args(["-u", EDGE_USER, "-P", &broker.password(EDGE_USER)])
+            .args(["-t", "tracker/visits/edge/intruder", "-m", payload])
             .status()
             .expect("mosquitto_pub must be installed: run scripts/test, which installs it");
         assert!(status.success());
@@ -356,7 +358,7 @@ async fn a_malformed_message_is_set_aside_and_the_next_visit_lands() {
         "two lines of garbage and one v2 event: {rejected:?}"
     );
     assert!(
-        rejected[0].contains("|tracker/visits/intruder|not a v1 visit event"),
+        rejected[0].contains("|tracker/visits/edge/intruder|not a v1 visit event"),
         "{}",
         rejected[0]
     );
