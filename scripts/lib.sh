@@ -15,6 +15,11 @@ ensure_chromium() {
   command -v chromium >/dev/null || install_packages chromium
 }
 
+# The HTTPS tests fetch the pixel with curl, as a browser would (HTTP/2 over TLS).
+ensure_curl() {
+  command -v curl >/dev/null || install_packages curl
+}
+
 install_packages() {
   [ $# -eq 0 ] && return
   local sudo=()

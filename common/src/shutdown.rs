@@ -1,6 +1,10 @@
-//! The process-level shutdown request: SIGTERM (container stop) or SIGINT (Ctrl-C).
+//! The process's signals: the shutdown request, SIGTERM (container stop) or SIGINT (Ctrl-C), and
+//! SIGHUP, which asks a service to pick up renewed files.
+
+use std::sync::Arc;
 
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::Notify;
 
 /// Resolves on the first SIGTERM or SIGINT.
 pub async fn signal_received() {
@@ -10,4 +14,16 @@ pub async fn signal_received() {
         _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
         _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
     }
+}
+
+/// Notifies `to` on every SIGHUP, logging that it will `then` (e.g. "reopening the log files").
+pub fn forward_hangups(to: Arc<Notify>, then: &'static str) -> std::io::Result<()> {
+    let mut hangups = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP received, {then}");
+            to.notify_one();
+        }
+    });
+    Ok(())
 }

@@ -1,5 +1,5 @@
 //! rustls set-up shared by both services: the one crypto provider (ring), PEM files read into
-//! certificates and keys, and the client configuration for MQTT over TLS. Every error names the
+//! certificates and keys, the client configuration for MQTT over TLS and the edge's HTTPS certificate. Every error names the
 //! settings key whose file is at fault.
 
 use std::path::Path;
@@ -8,7 +8,8 @@ use std::sync::Arc;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, RootCertStore};
 
 use crate::configuration::SettingsError;
 
@@ -73,23 +74,16 @@ pub fn client_config(
     }
 }
 
-/// A server configuration presenting the certificate chain in `cert_file` with the key in `key_file`.
-pub fn server_config(
-    cert_file: &Path,
-    key_file: &Path,
-    alpn: &[&[u8]],
-) -> Result<ServerConfig, SettingsError> {
-    let mut config = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
-        .with_no_client_auth()
-        .with_single_cert(
-            load_certs(cert_file, "https.cert_file")?,
-            load_key(key_file, "https.key_file")?,
-        )
-        .map_err(|err| SettingsError::invalid("https.key_file", err.to_string()))?;
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Ok(config)
+/// The HTTPS certificate chain in `cert_file` with the key in `key_file`, checked to belong together.
+pub fn certified_key(cert_file: &Path, key_file: &Path) -> Result<CertifiedKey, SettingsError> {
+    CertifiedKey::from_der(
+        load_certs(cert_file, "https.cert_file")?,
+        load_key(key_file, "https.key_file")?,
+        &provider(),
+    )
+    .map_err(|err| {
+        SettingsError::invalid("https.key_file", format!("{}: {err}", key_file.display()))
+    })
 }
 
 #[cfg(test)]
@@ -103,7 +97,7 @@ mod tests {
         let empty = tempfile::NamedTempFile::new().unwrap();
         let err = client_config(Some(empty.path()), None).unwrap_err();
         assert!(err.to_string().contains("no PEM certificate"), "{err}");
-        let err = server_config(empty.path(), empty.path(), &[]).unwrap_err();
+        let err = certified_key(empty.path(), empty.path()).unwrap_err();
         assert!(err.to_string().contains("`https.cert_file`"), "{err}");
     }
 }

@@ -1,4 +1,4 @@
-//! The edge's settings: `mqtt.*`, `http.*` and `edge.*`, layered as described in
+//! The edge's settings: `mqtt.*`, `http.*`, `https.*` and `edge.*`, layered as described in
 //! [`common::configuration`].
 
 use std::net::SocketAddr;
@@ -15,12 +15,16 @@ pub struct Settings {
     pub log: LogSettings,
     pub mqtt: MqttSettings,
     pub http: HttpSettings,
+    pub https: HttpsSettings,
     pub edge: EdgeSettings,
 }
 
+/// The plain-HTTP listener, and the limits both listeners (plain and TLS) apply.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct HttpSettings {
+    /// Whether the pixel is served over plain HTTP at all; `false` with `https.listen` serves HTTPS only.
+    pub enabled: bool,
     /// Where the pixel is served, e.g. `0.0.0.0:8080` or `[::]:8080`.
     pub listen: SocketAddr,
     /// Open connections at most; more wait in the listen backlog.
@@ -38,12 +42,38 @@ pub struct HttpSettings {
 impl Default for HttpSettings {
     fn default() -> Self {
         Self {
+            enabled: true,
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             max_connections: 10_000,
             max_header_bytes: 16 * 1024,
             max_uri_bytes: 8 * 1024,
             header_read_timeout_secs: 10,
             workers: None,
+        }
+    }
+}
+
+/// The TLS listener: HTTP/2 and HTTP/1.1, with a certificate that is reloaded when it changes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct HttpsSettings {
+    /// Where the pixel is served over TLS, e.g. `0.0.0.0:8443`; unset, no HTTPS.
+    pub listen: Option<SocketAddr>,
+    /// The PEM certificate chain, leaf first.
+    pub cert_file: Option<PathBuf>,
+    /// The PEM private key of the leaf certificate.
+    pub key_file: Option<PathBuf>,
+    /// How often the two files are checked for a renewed certificate; SIGHUP reloads at once.
+    pub reload_check_secs: u64,
+}
+
+impl Default for HttpsSettings {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            cert_file: None,
+            key_file: None,
+            reload_check_secs: 30,
         }
     }
 }
@@ -157,6 +187,7 @@ impl Settings {
                 "must be at least 1",
             ));
         }
+        self.validate_https()?;
         if self.edge.max_field_bytes == 0 {
             return Err(SettingsError::invalid(
                 "edge.max_field_bytes",
@@ -169,6 +200,28 @@ impl Settings {
                 "must be at least 1",
             ));
         }
+        Ok(())
+    }
+
+    fn validate_https(&self) -> Result<(), SettingsError> {
+        let https = &self.https;
+        if https.listen.is_none() {
+            if !self.http.enabled {
+                return Err(SettingsError::invalid(
+                    "http.enabled",
+                    "is false and https.listen is unset: nothing would serve the pixel",
+                ));
+            }
+            return Ok(());
+        }
+        if https.reload_check_secs == 0 {
+            return Err(SettingsError::invalid(
+                "https.reload_check_secs",
+                "must be at least 1",
+            ));
+        }
+        // Loading them once here makes a wrong path or a key that does not match stop start-up.
+        crate::https::Certificate::load(&self.https)?;
         Ok(())
     }
 
@@ -187,6 +240,12 @@ impl Settings {
 
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_secs(self.edge.drain_timeout_secs)
+    }
+}
+
+impl HttpsSettings {
+    pub fn reload_check(&self) -> Duration {
+        Duration::from_secs(self.reload_check_secs)
     }
 }
 
@@ -283,6 +342,30 @@ mod tests {
         for (var, value, key) in cases {
             let err = load(&[(var, value)]).unwrap_err().to_string();
             assert!(err.contains(key), "{var}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn https_needs_its_files_and_something_must_serve() {
+        let https = ("TRACKER__HTTPS__LISTEN", "127.0.0.1:8443");
+        let cases: [(&[(&str, &str)], &str); 4] = [
+            (&[("TRACKER__HTTP__ENABLED", "false")], "http.enabled"),
+            (&[https], "https.cert_file"),
+            (
+                &[
+                    https,
+                    ("TRACKER__HTTPS__CERT_FILE", "/nonexistent/https.crt"),
+                ],
+                "https.key_file",
+            ),
+            (
+                &[https, ("TRACKER__HTTPS__RELOAD_CHECK_SECS", "0")],
+                "https.reload_check_secs",
+            ),
+        ];
+        for (pairs, key) in cases {
+            let err = load(pairs).unwrap_err().to_string();
+            assert!(err.contains(key), "{pairs:?}: {err}");
         }
     }
 

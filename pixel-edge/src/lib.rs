@@ -1,9 +1,10 @@
-//! The pixel edge: serves `GET /track` with a transparent GIF at once and hands each visit to a
-//! bounded queue; one publisher task delivers the queue to the broker.
+//! The pixel edge: serves `GET /track` with a transparent GIF at once, over HTTP and HTTPS, and hands
+//! each visit to a bounded queue; one publisher task delivers the queue to the broker.
 
 mod batch;
 pub mod configuration;
 mod connection;
+pub mod https;
 mod publisher;
 pub mod queue;
 pub mod routes;
@@ -11,23 +12,65 @@ mod server;
 mod spool;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::configuration::Settings;
+use crate::https::Certificate;
 use crate::publisher::Publisher;
 use crate::routes::Tracker;
 use crate::spool::Spool;
 
-/// Serves the pixel on `listener` until `shutdown` resolves, then stops accepting, lets open requests
-/// finish, and delivers what the edge still holds (within `edge.drain_timeout_secs`).
+/// The sockets the edge serves on.
+pub struct Listeners {
+    /// Plain HTTP, when `http.enabled`.
+    pub http: Option<TcpListener>,
+    /// HTTPS, when `https.listen` is set.
+    pub https: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds `http.listen` and `https.listen` as the settings ask.
+    pub async fn bind(settings: &Settings) -> anyhow::Result<Self> {
+        let http = match settings.http.enabled {
+            true => Some(bind(settings.http.listen, "http.listen").await?),
+            false => None,
+        };
+        let https = match settings.https.listen {
+            Some(addr) => Some(bind(addr, "https.listen").await?),
+            None => None,
+        };
+        Ok(Self { http, https })
+    }
+
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https.as_ref().and_then(|l| l.local_addr().ok())
+    }
+}
+
+async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {key} = {addr}"))
+}
+
+/// Serves the pixel on `listeners` until `shutdown` resolves, then stops accepting, lets open requests
+/// finish, and delivers what the edge still holds (within `edge.drain_timeout_secs`). Each
+/// `reload_certificate` notification (SIGHUP) reloads the HTTPS certificate.
 pub async fn run(
     settings: Settings,
-    listener: TcpListener,
+    listeners: Listeners,
+    reload_certificate: Arc<Notify>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     // First, so that no metric is recorded before the recorder exists.
@@ -55,9 +98,35 @@ pub async fn run(
         broker_connected,
         metrics,
     });
-    tracing::info!(listen = %listener.local_addr()?, "pixel edge started");
-    server::serve(listener, routes::routes(tracker), &settings.http, shutdown).await;
+    let stop_reloading = CancellationToken::new();
+    let https = match listeners.https {
+        Some(listener) => {
+            let certificate = Certificate::load(&settings.https)?;
+            let config = certificate.server_config();
+            tokio::spawn(certificate.keep_fresh(
+                settings.https.reload_check(),
+                reload_certificate,
+                stop_reloading.clone(),
+            ));
+            Some((listener, config))
+        }
+        None => None,
+    };
+    tracing::info!(
+        http = ?listeners.http.as_ref().map(TcpListener::local_addr).transpose()?,
+        https = ?https.as_ref().map(|(l, _)| l.local_addr()).transpose()?,
+        "pixel edge started"
+    );
+    server::serve(
+        listeners.http,
+        https,
+        routes::routes(tracker),
+        &settings.http,
+        shutdown,
+    )
+    .await;
 
+    stop_reloading.cancel();
     stop_publishing.cancel();
     publisher.await?;
     Ok(())

@@ -1,11 +1,13 @@
 //! The pixel-edge binary: settings, logging, a runtime of `http.workers` threads, bind, then
-//! [`pixel_edge::run`] until SIGTERM or SIGINT.
+//! [`pixel_edge::run`] until SIGTERM or SIGINT; SIGHUP reloads the HTTPS certificate.
 
-use anyhow::Context;
+use std::sync::Arc;
+
 use common::configuration::Sources;
 use common::{shutdown, telemetry};
 use pixel_edge::configuration::Settings;
-use tokio::net::TcpListener;
+use pixel_edge::Listeners;
+use tokio::sync::Notify;
 
 fn main() -> anyhow::Result<()> {
     let settings = Settings::load(Sources::from_process())?;
@@ -16,9 +18,18 @@ fn main() -> anyhow::Result<()> {
         runtime.worker_threads(workers);
     }
     runtime.enable_all().build()?.block_on(async {
-        let listener = TcpListener::bind(settings.http.listen)
-            .await
-            .with_context(|| format!("binding http.listen = {}", settings.http.listen))?;
-        pixel_edge::run(settings, listener, shutdown::signal_received()).await
+        let listeners = Listeners::bind(&settings).await?;
+        let reload_certificate = Arc::new(Notify::new());
+        shutdown::forward_hangups(
+            reload_certificate.clone(),
+            "reloading the HTTPS certificate",
+        )?;
+        pixel_edge::run(
+            settings,
+            listeners,
+            reload_certificate,
+            shutdown::signal_received(),
+        )
+        .await
     })
 }

@@ -1,6 +1,7 @@
-//! The edge's HTTP server: hyper HTTP/1 with the limits a service facing browsers directly needs — a
-//! cap on open connections, on the request head's size (answered 431 by hyper) and on the URI's (414),
-//! and a timeout for reading the head — plus graceful shutdown. Requests go to the warp routes with
+//! The edge's HTTP server: plain HTTP/1 and, over TLS, HTTP/2 or HTTP/1.1 (hyper), with the limits a
+//! service facing browsers directly needs — a cap on open connections (both listeners together), on the
+//! request head's size (answered 431 by hyper) and on the URI's (414), and a timeout for the TLS
+//! handshake and for reading the head — plus graceful shutdown. Requests go to the warp routes with
 //! the peer address attached as a [`Peer`] extension.
 
 use std::convert::Infallible;
@@ -10,12 +11,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tower_service::Service;
 use warp::filters::BoxedFilter;
 use warp::http::{Request, StatusCode};
@@ -30,33 +34,90 @@ const HTTP_GRACE: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub SocketAddr);
 
-/// Serves `routes` on `listener` until `shutdown` resolves, then stops accepting and gives open
-/// connections up to 5 s to finish their requests.
+/// What every connection of either listener shares.
+struct Server {
+    routes: BoxedFilter<(Response,)>,
+    /// HTTP/1 only, for plain connections.
+    plain: auto::Builder<TokioExecutor>,
+    /// HTTP/2 or HTTP/1.1, whichever the client speaks, for TLS connections.
+    negotiated: auto::Builder<TokioExecutor>,
+    /// One per open connection; at the cap, new connections wait in the kernel's backlog.
+    permits: Arc<Semaphore>,
+    graceful: GracefulShutdown,
+    max_uri_bytes: usize,
+    handshake_timeout: Duration,
+}
+
+/// Serves `routes` on the plain listener `http` and the TLS listener `https` (with the configuration
+/// that serves the current certificate) until `shutdown` resolves, then stops accepting and gives
+/// open connections up to 5 s to finish their requests.
 pub async fn serve(
-    listener: TcpListener,
+    http_listener: Option<TcpListener>,
+    https_listener: Option<(TcpListener, Arc<ServerConfig>)>,
     routes: BoxedFilter<(Response,)>,
     http: &HttpSettings,
     shutdown: impl Future<Output = ()>,
 ) {
-    let routes = warp::service(routes);
-    let graceful = GracefulShutdown::new();
-    let permits = Arc::new(Semaphore::new(http.max_connections));
-    let mut builder = http1::Builder::new();
-    builder
+    let head_timeout = Duration::from_secs(http.header_read_timeout_secs);
+    let mut negotiated = auto::Builder::new(TokioExecutor::new());
+    negotiated
+        .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(http.header_read_timeout_secs))
+        .header_read_timeout(head_timeout)
         .max_buf_size(http.max_header_bytes);
-    let max_uri_bytes = http.max_uri_bytes;
-    tokio::pin!(shutdown);
+    negotiated
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(http.max_header_bytes).unwrap_or(u32::MAX));
+    let server = Server {
+        routes,
+        plain: negotiated.clone().http1_only(),
+        negotiated,
+        permits: Arc::new(Semaphore::new(http.max_connections)),
+        graceful: GracefulShutdown::new(),
+        max_uri_bytes: http.max_uri_bytes,
+        handshake_timeout: head_timeout,
+    };
 
-    loop {
-        // At the cap, new connections wait in the kernel's backlog rather than being refused.
-        let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-            _ = &mut shutdown => break,
-        };
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
+    // The accept loops never end by themselves; dropping them at shutdown closes the listeners.
+    tokio::select! {
+        _ = shutdown => {}
+        _ = async {
+            tokio::join!(
+                async {
+                    if let Some(listener) = http_listener {
+                        server.accept_loop(listener, None).await;
+                    }
+                },
+                async {
+                    if let Some((listener, tls)) = https_listener {
+                        server.accept_loop(listener, Some(TlsAcceptor::from(tls))).await;
+                    }
+                },
+            )
+        } => {}
+    }
+
+    if tokio::time::timeout(HTTP_GRACE, server.graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "HTTP connections still open after {HTTP_GRACE:?}; no longer waiting for them"
+        );
+    }
+}
+
+impl Server {
+    async fn accept_loop(&self, listener: TcpListener, tls: Option<TlsAcceptor>) {
+        loop {
+            let permit = self
+                .permits
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            let (stream, peer) = match listener.accept().await {
                 Ok(accepted) => accepted,
                 Err(err) => {
                     // E.g. out of file descriptors: pause instead of spinning.
@@ -64,16 +125,31 @@ pub async fn serve(
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
-            },
-            _ = &mut shutdown => break,
-        };
-        let routes = routes.clone();
+            };
+            let connection = self.connection(stream, peer, tls.clone());
+            tokio::spawn(async move {
+                connection.await;
+                drop(permit);
+            });
+        }
+    }
+
+    /// Serves one accepted connection to its end, TLS handshake first when `tls` is given.
+    fn connection(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        tls: Option<TlsAcceptor>,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let watcher = self.graceful.watcher();
+        let routes = self.routes.clone();
+        let max_uri_bytes = self.max_uri_bytes;
         let service = service_fn(move |mut request: Request<Incoming>| {
             let uri_bytes = request
                 .uri()
                 .path_and_query()
                 .map_or(0, |pq| pq.as_str().len());
-            let mut routes = routes.clone();
+            let mut routes = warp::service(routes.clone());
             async move {
                 if uri_bytes > max_uri_bytes {
                     return Ok::<_, Infallible>(StatusCode::URI_TOO_LONG.into_response());
@@ -82,22 +158,43 @@ pub async fn serve(
                 routes.call(request).await
             }
         });
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
+        let plain = self.plain.clone();
+        let negotiated = self.negotiated.clone();
+        let handshake_timeout = self.handshake_timeout;
+        async move {
+            let result = match tls {
+                None => serve_io(&plain, watcher, stream, service).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => serve_io(&negotiated, watcher, stream, service).await,
+                        Ok(Err(err)) => Err(format!("TLS handshake failed: {err}").into()),
+                        Err(_) => Err("TLS handshake timed out".into()),
+                    }
+                }
+            };
+            if let Err(err) = result {
                 tracing::debug!(%peer, "connection ended with an error: {err}");
             }
-            drop(permit);
-        });
+        }
     }
+}
 
-    drop(listener);
-    if tokio::time::timeout(HTTP_GRACE, graceful.shutdown())
+type ConnectionError = Box<dyn std::error::Error + Send + Sync>;
+
+async fn serve_io<IO, S>(
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    io: IO,
+    service: S,
+) -> Result<(), ConnectionError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response, Error = Infallible>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    watcher
+        .watch(builder.serve_connection(TokioIo::new(io), service))
         .await
-        .is_err()
-    {
-        tracing::warn!(
-            "HTTP connections still open after {HTTP_GRACE:?}; no longer waiting for them"
-        );
-    }
 }

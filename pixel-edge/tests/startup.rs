@@ -31,6 +31,7 @@ fn a_bad_setting_stops_start_up_naming_the_key() {
             "/nonexistent",
             "mqtt.password_file",
         ),
+        ("TRACKER__HTTPS__LISTEN", "0.0.0.0:8443", "https.cert_file"),
     ] {
         let output = edge().env(var, value).output().unwrap();
         assert!(!output.status.success(), "{var}={value} was accepted");

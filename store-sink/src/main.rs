@@ -8,7 +8,6 @@ use std::sync::Arc;
 use store_sink::configuration::Settings;
 
 use tokio::net::TcpListener;
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Notify;
 
 #[tokio::main]
@@ -20,14 +19,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding metrics.listen = {}", settings.metrics.listen))?;
     let reopen = Arc::new(Notify::new());
-    let mut hangups = signal(SignalKind::hangup())?;
-    let on_hangup = reopen.clone();
-    tokio::spawn(async move {
-        while hangups.recv().await.is_some() {
-            tracing::info!("SIGHUP received, reopening the log files");
-            on_hangup.notify_one();
-        }
-    });
+    shutdown::forward_hangups(reopen.clone(), "reopening the log files")?;
     store_sink::run(
         settings,
         metrics_listener,

@@ -26,7 +26,7 @@ impl Broker {
     pub fn start() -> Self {
         let (port, tls_port) = (free_port(), free_port());
         let dir = tempfile::tempdir().expect("temp dir for the broker");
-        run_script(&["scripts/secrets", "init"], &dir.path().join("secrets"));
+        init_secrets(&dir.path().join("secrets"));
         write_config(port, tls_port, dir.path());
         let mut broker = Self {
             port,
@@ -170,7 +170,8 @@ impl Drop for Broker {
     }
 }
 
-pub(crate) fn free_port() -> u16 {
+/// A TCP port nothing listens on right now.
+pub fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .unwrap()
         .local_addr()
@@ -178,7 +179,13 @@ pub(crate) fn free_port() -> u16 {
         .port()
 }
 
-fn workspace_root() -> PathBuf {
+/// What an operator's `scripts/secrets init DIR` makes: a fresh CA, certificates for the broker and
+/// the edge's HTTPS (`localhost`, `127.0.0.1`), and the users `store-sink`, `edge` and `monitor`.
+pub fn init_secrets(dir: &Path) {
+    run_script(&["scripts/secrets", "init"], dir);
+}
+
+pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 

@@ -4,12 +4,14 @@
 //! marker per visit, and the log read back.
 
 mod broker;
+mod curl;
 mod load;
 mod process;
 mod services;
 pub mod visits_log;
 
-pub use broker::Broker;
+pub use broker::{free_port, init_secrets, workspace_root, Broker};
+pub use curl::{https_get, Fetched};
 pub use load::{client, Load, LoadReport};
 pub use process::Service;
 pub use services::{

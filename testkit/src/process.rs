@@ -113,7 +113,7 @@ impl Service {
             .expect("the service was running")
     }
 
-    /// SIGHUP: the sink reopens its log files.
+    /// SIGHUP: the sink reopens its log files, the edge reloads its HTTPS certificate.
     pub fn hangup(&self) {
         let child = self.child.as_ref().expect("the service is running");
         kill(Pid::from_raw(child.id() as i32), Signal::SIGHUP).expect("signalling the service");

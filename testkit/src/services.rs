@@ -15,7 +15,11 @@ use crate::Broker;
 
 /// A running pixel edge.
 pub struct TestEdge {
+    /// Its plain-HTTP address.
     pub addr: SocketAddr,
+    /// Its HTTPS address, when the settings asked for one.
+    pub https_addr: Option<SocketAddr>,
+    reload_certificate: Arc<Notify>,
     shutdown: oneshot::Sender<()>,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -24,6 +28,17 @@ impl TestEdge {
     /// `http://<addr>/track`
     pub fn track_url(&self) -> String {
         format!("http://{}/track", self.addr)
+    }
+
+    /// `https://localhost:<port>/track`, a name the test certificate is for.
+    pub fn https_track_url(&self) -> String {
+        let addr = self.https_addr.expect("the edge serves HTTPS");
+        format!("https://localhost:{}/track", addr.port())
+    }
+
+    /// What SIGHUP does to the binary: reload the HTTPS certificate.
+    pub fn reload_certificate(&self) {
+        self.reload_certificate.notify_one();
     }
 
     /// Asks it to shut down and waits until it has delivered what it held.
@@ -105,15 +120,20 @@ pub async fn spawn_edge_with(
     settings.http.listen = "127.0.0.1:0".parse().unwrap();
     customize(&mut settings);
     settings.validate().expect("valid edge settings");
-    let listener = TcpListener::bind(settings.http.listen)
+    let listeners = pixel_edge::Listeners::bind(&settings)
         .await
         .expect("binding the edge");
-    let addr = listener.local_addr().unwrap();
+    let addr = listeners.http_addr().expect("the edge serves plain HTTP");
+    let https_addr = listeners.https_addr();
+    let reload_certificate = Arc::new(Notify::new());
+    let reload = reload_certificate.clone();
     let (shutdown, task) = start(settings, |settings, shutdown| {
-        pixel_edge::run(settings, listener, shutdown)
+        pixel_edge::run(settings, listeners, reload, shutdown)
     });
     TestEdge {
         addr,
+        https_addr,
+        reload_certificate,
         shutdown,
         task,
     }
