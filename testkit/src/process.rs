@@ -31,13 +31,8 @@ impl Service {
         let mut env = base_env(broker, EDGE_USER);
         env.push(("TRACKER__EDGE__ID".into(), format!("{EDGE_USER}/{id}")));
         env.push(("TRACKER__HTTP__LISTEN".into(), format!("127.0.0.1:{port}")));
-        Self::new(
-            "pixel-edge",
-            env,
-            extra,
-            dir.join(format!("{id}.log")),
-            Some(port),
-        )
+        env.extend(owned(extra));
+        Self::from_env("pixel-edge", env, dir.join(format!("{id}.log")), Some(port))
     }
 
     /// The store sink writing `dir/visits.log`; `extra` adds or overrides settings.
@@ -48,17 +43,18 @@ impl Service {
             "TRACKER__STORAGE__PATH".into(),
             dir.join("visits.log").display().to_string(),
         ));
-        Self::new("store-sink", env, extra, dir.join("store-sink.log"), None)
+        env.extend(owned(extra));
+        Self::from_env("store-sink", env, dir.join("store-sink.log"), None)
     }
 
-    fn new(
+    /// Starts binary `name` configured by `env` alone, logging to `log`; for an edge, `http_port` is
+    /// where it serves plain HTTP.
+    pub fn from_env(
         name: &str,
-        mut env: Vec<(String, String)>,
-        extra: &[(&str, &str)],
+        env: Vec<(String, String)>,
         log: PathBuf,
         http_port: Option<u16>,
     ) -> Self {
-        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let mut service = Self {
             binary: binary(name),
             env,
@@ -139,6 +135,13 @@ impl Drop for Service {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 fn base_env(broker: &Broker, user: &str) -> Vec<(String, String)> {
