@@ -29,17 +29,17 @@ install_packages() {
   "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
-# Writes the shipped mosquitto.conf to $5 for a broker outside a container: plain MQTT on port $1,
-# TLS on $2, persistence in $3, passwords and certificates from $4 (made by `scripts/secrets init`),
-# the ACL from this checkout.
+# Writes the shipped mosquitto.conf (or $6, e.g. mosquitto/bridge/edge-site.conf) to $5 for a broker
+# outside a container: plain MQTT on port $1, TLS on $2, persistence in $3, passwords and
+# certificates from $4 (made by `scripts/secrets init`), the ACL from this checkout.
 derive_mosquitto_conf() {
-  local port=$1 tls_port=$2 data_dir=$3 secrets_dir=$4 out=$5
+  local port=$1 tls_port=$2 data_dir=$3 secrets_dir=$4 out=$5 conf=${6:-mosquitto/mosquitto.conf}
   sed -e "s#^listener 1883\$#listener $port#" \
       -e "s#^listener 8883\$#listener $tls_port#" \
       -e "s#^persistence_location .*#persistence_location $data_dir/#" \
       -e "s#/mosquitto/secrets/#$secrets_dir/#" \
       -e "s#/mosquitto/config/#$PWD/mosquitto/#" \
-      mosquitto/mosquitto.conf > "$out"
+      "$conf" > "$out"
   # As root Mosquitto switches to the 'mosquitto' user, who could not write $data_dir.
   [ "$(id -u)" -ne 0 ] || echo "user root" >> "$out"
 }

@@ -27,10 +27,63 @@ impl Broker {
         let (port, tls_port) = (free_port(), free_port());
         let dir = tempfile::tempdir().expect("temp dir for the broker");
         init_secrets(&dir.path().join("secrets"));
-        write_config(port, tls_port, dir.path());
+        derive_config(port, tls_port, dir.path(), "mosquitto/mosquitto.conf");
         let mut broker = Self {
             port,
             tls_port,
+            dir,
+            child: None,
+        };
+        broker.launch();
+        broker
+    }
+
+    /// An edge-site broker for `site_user`: `mosquitto/bridge/edge-site.conf` bridging to `central`'s
+    /// TLS listener as that user (which it must have), with `central`'s users and CA, and a shorter
+    /// reconnect back-off than the shipped one so tests need not wait a minute.
+    pub fn start_site(central: &Broker, site_user: &str) -> Self {
+        let port = free_port();
+        let dir = tempfile::tempdir().expect("temp dir for the site broker");
+        let secrets = dir.path().join("secrets");
+        std::fs::create_dir(&secrets).unwrap();
+        for file in ["passwd", "ca.crt"] {
+            std::fs::copy(central.secrets_dir().join(file), secrets.join(file)).unwrap();
+        }
+        let site_password = format!("{site_user}.password");
+        std::fs::copy(
+            central.password_file(site_user),
+            secrets.join(&site_password),
+        )
+        .unwrap();
+        derive_config(port, 0, dir.path(), "mosquitto/bridge/edge-site.conf");
+        let conf = dir.path().join("mosquitto.conf");
+        let config = std::fs::read_to_string(&conf).unwrap();
+        let bridged = format!(
+            "address 127.0.0.1:{}\nremote_username {site_user}\nremote_password {}\nremote_clientid bridge-{site_user}\nlocal_clientid bridge-{site_user}-local\nrestart_timeout 1 3\n",
+            central.tls_port(),
+            central.password(site_user)
+        );
+        let config: String = config
+            .lines()
+            .filter(|line| {
+                ![
+                    "address ",
+                    "remote_username ",
+                    "remote_password ",
+                    "remote_clientid ",
+                    "local_clientid ",
+                    "restart_timeout ",
+                ]
+                .iter()
+                .any(|key| line.starts_with(key))
+            })
+            .map(|line| format!("{line}\n"))
+            .collect::<String>()
+            + &bridged;
+        std::fs::write(&conf, config).unwrap();
+        let mut broker = Self {
+            port,
+            tls_port: 0,
             dir,
             child: None,
         };
@@ -201,8 +254,9 @@ fn run_script(command: &[&str], dir: &Path) {
     assert!(status.success(), "{command:?} failed");
 }
 
-/// The shipped config, derived by the same shell function `scripts/run-local` uses, plus a log file.
-fn write_config(port: u16, tls_port: u16, dir: &Path) {
+/// The shipped config `source`, derived by the same shell function `scripts/run-local` uses, plus a
+/// log file.
+fn derive_config(port: u16, tls_port: u16, dir: &Path, source: &str) {
     let conf = dir.join("mosquitto.conf");
     let status = Command::new("bash")
         .current_dir(workspace_root())
@@ -213,6 +267,7 @@ fn write_config(port: u16, tls_port: u16, dir: &Path) {
         .arg(dir)
         .arg(dir.join("secrets"))
         .arg(&conf)
+        .arg(source)
         .status()
         .expect("running bash");
     assert!(status.success(), "deriving the broker config");
