@@ -25,9 +25,11 @@ use crate::connection::{Connection, LinkEvent};
 use crate::queue::EncodedVisit;
 use crate::spool::Spool;
 
-/// Batches published but not yet acknowledged. Kept below Mosquitto's default receive maximum (20),
-/// and far below rumqttc's packet-id space, so packet ids never collide.
-const WINDOW: usize = 16;
+/// Batches published but not yet acknowledged. Small on purpose: while two wait for their PUBACK, new
+/// visits gather into the next batch, so under load a message carries dozens of visits (16 gave ~5
+/// per message and tripled the broker's CPU per visit, see bench/RESULTS.md), while an idle edge still
+/// sends each visit at once. Two 256 KiB batches per round trip leave room for ~10 MB/s at 50 ms.
+const WINDOW: usize = 2;
 /// After the broker refuses a batch (e.g. "no matching subscribers"), wait this long before trying again.
 const REFUSED_PAUSE: Duration = Duration::from_secs(1);
 
