@@ -17,7 +17,9 @@ const HOSTILE: &[u8] = b"a|b\\c\nd\r\x1b[31m\xff\xfe e\xe2\x80\xa8f|||\\\\ null"
 
 fn typical_visit() -> Visit {
     Visit::new(
-        chrono::Utc.with_ymd_and_hms(2022, 12, 19, 14, 16, 49).unwrap()
+        chrono::Utc
+            .with_ymd_and_hms(2022, 12, 19, 14, 16, 49)
+            .unwrap()
             + chrono::Duration::nanoseconds(960_528_099),
         HeaderText::new(REFERRER),
         HeaderText::new(UA),

@@ -52,24 +52,51 @@ pub fn escape_into(bytes: &[u8], out: &mut Vec<u8>) {
         return;
     }
     for chunk in bytes.utf8_chunks() {
-        for c in chunk.valid().chars() {
-            match c {
-                '\\' => out.extend_from_slice(b"\\\\"),
-                '|' => out.extend_from_slice(b"\\|"),
-                c if c.is_control() || c == '\u{2028}' || c == '\u{2029}' => {
-                    hex_escape(c.encode_utf8(&mut [0; 4]).as_bytes(), out)
+        let text = chunk.valid();
+        let bytes = text.as_bytes();
+        // Runs that need no escape are copied whole; printable ASCII is told apart without decoding.
+        let (mut plain_from, mut at) = (0, 0);
+        while at < bytes.len() {
+            let c = match bytes[at] {
+                b' '..=b'~' if bytes[at] != b'|' && bytes[at] != b'\\' => {
+                    at += 1;
+                    continue;
                 }
-                c => out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
+                b if b.is_ascii() => char::from(b),
+                _ => text[at..].chars().next().expect("inside a valid chunk"),
+            };
+            let end = at + c.len_utf8();
+            // `None`: written as `\xHH` per UTF-8 byte.
+            let replacement: Option<&[u8]> = match c {
+                '\\' => Some(b"\\\\"),
+                '|' => Some(b"\\|"),
+                c if c.is_control() || c == '\u{2028}' || c == '\u{2029}' => None,
+                _ => {
+                    at = end;
+                    continue;
+                }
+            };
+            out.extend_from_slice(&bytes[plain_from..at]);
+            match replacement {
+                Some(replacement) => out.extend_from_slice(replacement),
+                None => hex_escape(&bytes[at..end], out),
             }
+            (plain_from, at) = (end, end);
         }
+        out.extend_from_slice(&bytes[plain_from..]);
         hex_escape(chunk.invalid(), out);
     }
 }
 
 fn hex_escape(bytes: &[u8], out: &mut Vec<u8>) {
-    for b in bytes {
-        // Writing into a Vec cannot fail.
-        let _ = write!(out, "\\x{b:02x}");
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for &b in bytes {
+        out.extend_from_slice(&[
+            b'\\',
+            b'x',
+            HEX[usize::from(b >> 4)],
+            HEX[usize::from(b & 0xf)],
+        ]);
     }
 }
 

@@ -22,7 +22,8 @@ use crate::append_file::AppendFile;
 const REOPEN: &[u8] = b"reopen\n";
 
 pub struct WrittenIds {
-    seen: HashSet<Uuid>,
+    /// Hashed with foldhash: SipHash was most of the cost of remembering an id.
+    seen: HashSet<Uuid, foldhash::fast::RandomState>,
     /// The same ids, oldest first, to evict beyond the window.
     order: VecDeque<Uuid>,
     window: usize,
@@ -38,7 +39,7 @@ impl WrittenIds {
     pub fn recover(log_path: &Path, log_len: u64, window: usize) -> io::Result<Self> {
         let path = journal_path(log_path);
         let mut written = Self {
-            seen: HashSet::with_capacity(window.min(1 << 20)),
+            seen: HashSet::with_capacity_and_hasher(window.min(1 << 20), Default::default()),
             order: VecDeque::new(),
             window,
             journal: AppendFile::open(&path)?,
