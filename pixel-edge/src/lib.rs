@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::configuration::Settings;
 use crate::https::Certificate;
 use crate::publisher::Publisher;
-use crate::routes::Tracker;
+use crate::routes::{RequestCounters, Tracker};
 use crate::spool::Spool;
 
 /// The sockets the edge serves on.
@@ -97,6 +97,7 @@ pub async fn run(
         max_field_bytes: settings.edge.max_field_bytes,
         broker_connected,
         metrics,
+        requests: RequestCounters::register(),
     });
     let stop_reloading = CancellationToken::new();
     let https = match listeners.https {

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use metrics::Counter;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
@@ -17,6 +18,8 @@ pub struct VisitQueue {
     tx: mpsc::Sender<EncodedVisit>,
     capacity: usize,
     dropped: Arc<DropCounter>,
+    /// `tracker_edge_visits_queued_total`, registered once.
+    queued: Counter,
 }
 
 #[derive(Default)]
@@ -33,6 +36,7 @@ pub fn channel(capacity: usize) -> (VisitQueue, mpsc::Receiver<EncodedVisit>) {
         tx,
         capacity,
         dropped: Arc::default(),
+        queued: metrics::counter!("tracker_edge_visits_queued_total"),
     };
     (queue, rx)
 }
@@ -41,7 +45,7 @@ impl VisitQueue {
     /// Queues the visit, or drops and counts it when the queue is full or closed.
     pub fn push(&self, visit: EncodedVisit) {
         match self.tx.try_send(visit) {
-            Ok(()) => metrics::counter!("tracker_edge_visits_queued_total").increment(1),
+            Ok(()) => self.queued.increment(1),
             Err(err) => self.drop_visit(&err),
         }
     }
