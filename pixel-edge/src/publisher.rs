@@ -72,6 +72,8 @@ impl Publisher {
         options.set_keep_alive(Duration::from_secs(15));
         // The edge keeps no broker session: it resends what was not acked itself (see `connection`).
         options.set_clean_start(true);
+        // rumqttc sizes a table by this limit (u16::MAX by default: 14 MB); the window never needs more.
+        options.set_outgoing_inflight_upper_limit(WINDOW as u16);
         options.set_transport(settings.mqtt.transport()?);
         if let Some((user, password)) = settings.mqtt.credentials()? {
             options.set_credentials(user, password);
