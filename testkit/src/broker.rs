@@ -49,40 +49,36 @@ impl Broker {
         for file in ["passwd", "ca.crt"] {
             std::fs::copy(central.secrets_dir().join(file), secrets.join(file)).unwrap();
         }
-        let site_password = format!("{site_user}.password");
         std::fs::copy(
             central.password_file(site_user),
-            secrets.join(&site_password),
+            secrets.join(format!("{site_user}.password")),
         )
         .unwrap();
         derive_config(port, 0, dir.path(), "mosquitto/bridge/edge-site.conf");
+        let overrides = [
+            ("address", format!("127.0.0.1:{}", central.tls_port())),
+            ("remote_username", site_user.to_owned()),
+            ("remote_password", central.password(site_user)),
+            ("remote_clientid", format!("bridge-{site_user}")),
+            ("local_clientid", format!("bridge-{site_user}-local")),
+            ("restart_timeout", "1 3".to_owned()),
+        ];
         let conf = dir.path().join("mosquitto.conf");
-        let config = std::fs::read_to_string(&conf).unwrap();
-        let bridged = format!(
-            "address 127.0.0.1:{}\nremote_username {site_user}\nremote_password {}\nremote_clientid bridge-{site_user}\nlocal_clientid bridge-{site_user}-local\nrestart_timeout 1 3\n",
-            central.tls_port(),
-            central.password(site_user)
-        );
-        let config: String = config
-            .lines()
-            .filter(|line| {
-                ![
-                    "address ",
-                    "remote_username ",
-                    "remote_password ",
-                    "remote_clientid ",
-                    "local_clientid ",
-                    "restart_timeout ",
-                ]
-                .iter()
-                .any(|key| line.starts_with(key))
-            })
-            .map(|line| format!("{line}\n"))
-            .collect::<String>()
-            + &bridged;
+        let mut config = String::new();
+        for line in std::fs::read_to_string(&conf).unwrap().lines() {
+            let key = line.split_whitespace().next().unwrap_or_default();
+            if overrides.iter().all(|(overridden, _)| *overridden != key) {
+                config += &format!("{line}\n");
+            }
+        }
+        // Still inside the bridge's `connection` block, the last one of the file.
+        for (key, value) in overrides {
+            config += &format!("{key} {value}\n");
+        }
         std::fs::write(&conf, config).unwrap();
         let mut broker = Self {
             port,
+            // No TLS listener: the site's edges are local.
             tls_port: 0,
             dir,
             child: None,
