@@ -18,11 +18,12 @@ use crate::storage::{Outcome, Storage};
 
 /// At most this many messages share one flush; the broker keeps up to 1000 in flight to the sink.
 const MAX_BATCH_MESSAGES: usize = 1000;
-/// A message arriving this soon after the last flush means the sink is busy: it then waits `LINGER` for
-/// more to share the next flush. Fewer, larger batches nearly halved the sink's CPU per visit under load
-/// (bench/RESULTS.md); a lone visit under light load is written at once.
+/// A small batch this soon after the last flush means a steady trickle: the writer then waits `LINGER`
+/// for more to share the flush. Fewer, larger batches nearly halved the sink's CPU per visit under load
+/// (bench/RESULTS.md); a lone visit under light load, or a backlog, is written at once.
 const BUSY_WITHIN: Duration = Duration::from_millis(2);
 const LINGER: Duration = Duration::from_millis(1);
+const LINGER_BELOW: usize = 50;
 
 pub struct Writer {
     /// `None` only while a flush runs on the blocking pool.
@@ -70,15 +71,12 @@ impl Writer {
                 }
             };
             let Some(first) = first else { break };
-            if last_flush.is_some_and(|at| at.elapsed() < BUSY_WITHIN) {
-                tokio::time::sleep(LINGER).await;
-            }
             let mut batch = vec![first];
-            while batch.len() < MAX_BATCH_MESSAGES {
-                match messages.try_recv() {
-                    Ok(message) => batch.push(message),
-                    Err(_) => break,
-                }
+            take_waiting(&mut messages, &mut batch);
+            if batch.len() < LINGER_BELOW && last_flush.is_some_and(|at| at.elapsed() < BUSY_WITHIN)
+            {
+                tokio::time::sleep(LINGER).await;
+                take_waiting(&mut messages, &mut batch);
             }
             let stored = self.store(&batch, &stop).await;
             last_flush = Some(Instant::now());
@@ -173,6 +171,16 @@ impl Writer {
         .expect("the flush task does not panic");
         self.storage = Some(storage);
         result
+    }
+}
+
+/// Moves the messages already waiting into `batch`, up to its size limit.
+fn take_waiting(messages: &mut mpsc::UnboundedReceiver<Publish>, batch: &mut Vec<Publish>) {
+    while batch.len() < MAX_BATCH_MESSAGES {
+        match messages.try_recv() {
+            Ok(message) => batch.push(message),
+            Err(_) => break,
+        }
     }
 }
 
