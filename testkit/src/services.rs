@@ -19,7 +19,6 @@ pub struct TestEdge {
     pub addr: SocketAddr,
     /// Its HTTPS address, when the settings asked for one.
     pub https_addr: Option<SocketAddr>,
-    reload_certificate: Arc<Notify>,
     shutdown: oneshot::Sender<()>,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -34,11 +33,6 @@ impl TestEdge {
     pub fn https_track_url(&self) -> String {
         let addr = self.https_addr.expect("the edge serves HTTPS");
         format!("https://localhost:{}/track", addr.port())
-    }
-
-    /// What SIGHUP does to the binary: reload the HTTPS certificate.
-    pub fn reload_certificate(&self) {
-        self.reload_certificate.notify_one();
     }
 
     /// Asks it to shut down and waits until it has delivered what it held.
@@ -125,15 +119,13 @@ pub async fn spawn_edge_with(
         .expect("binding the edge");
     let addr = listeners.http_addr().expect("the edge serves plain HTTP");
     let https_addr = listeners.https_addr();
-    let reload_certificate = Arc::new(Notify::new());
-    let reload = reload_certificate.clone();
+    // Certificate reloads are tested on the binary, with a real SIGHUP (tests/edge_https.rs).
     let (shutdown, task) = start(settings, |settings, shutdown| {
-        pixel_edge::run(settings, listeners, reload, shutdown)
+        pixel_edge::run(settings, listeners, Arc::new(Notify::new()), shutdown)
     });
     TestEdge {
         addr,
         https_addr,
-        reload_certificate,
         shutdown,
         task,
     }
