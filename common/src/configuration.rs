@@ -161,8 +161,7 @@ impl MqttSettings {
                 format!("{topic:?} must be a non-empty topic without wildcards or a trailing '/'"),
             ));
         }
-        let has_user = self.username.as_deref().is_some_and(|u| !u.is_empty());
-        if (self.password.is_some() || self.password_file.is_some()) && !has_user {
+        if (self.password.is_some() || self.password_file.is_some()) && self.user().is_none() {
             return Err(SettingsError::invalid(
                 "mqtt.username",
                 "must be set when mqtt.password or mqtt.password_file is",
@@ -190,10 +189,15 @@ impl MqttSettings {
         Ok(())
     }
 
-    /// User name and password, when a user name is set (an empty value counts as unset).
+    /// The broker user name; an empty value counts as unset.
+    pub fn user(&self) -> Option<&str> {
+        self.username.as_deref().filter(|u| !u.is_empty())
+    }
+
+    /// User name and password, when a user name is set.
     pub fn credentials(&self) -> Result<Option<(String, String)>, SettingsError> {
         use secrecy::ExposeSecret;
-        let Some(user) = self.username.as_deref().filter(|u| !u.is_empty()) else {
+        let Some(user) = self.user() else {
             return Ok(None);
         };
         let password = match (&self.password, &self.password_file) {

@@ -126,7 +126,7 @@ impl Settings {
         let host = hostname::get()
             .map(|name| name.to_string_lossy().into_owned())
             .unwrap_or_else(|_| "edge".into());
-        match self.mqtt.username.as_deref().filter(|u| !u.is_empty()) {
+        match self.mqtt.user() {
             Some(user) => format!("{user}/{host}"),
             None => host,
         }
@@ -141,7 +141,7 @@ impl Settings {
                 format!("{id:?} must be non-empty topic levels, without '+' or '#'"),
             ));
         }
-        if let Some(user) = self.mqtt.username.as_deref().filter(|u| !u.is_empty()) {
+        if let Some(user) = self.mqtt.user() {
             let below_user = id
                 .strip_prefix(user)
                 .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
