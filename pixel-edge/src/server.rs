@@ -158,15 +158,17 @@ impl Server {
                 routes.call(request).await
             }
         });
-        let plain = self.plain.clone();
-        let negotiated = self.negotiated.clone();
+        let builder = match tls {
+            None => self.plain.clone(),
+            Some(_) => self.negotiated.clone(),
+        };
         let handshake_timeout = self.handshake_timeout;
         async move {
             let result = match tls {
-                None => serve_io(&plain, watcher, stream, service).await,
+                None => serve_io(&builder, watcher, stream, service).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => serve_io(&negotiated, watcher, stream, service).await,
+                        Ok(Ok(stream)) => serve_io(&builder, watcher, stream, service).await,
                         Ok(Err(err)) => Err(format!("TLS handshake failed: {err}").into()),
                         Err(_) => Err("TLS handshake timed out".into()),
                     }
