@@ -8,13 +8,12 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
+use common::configuration::MqttSettings;
 use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet, PubAckReason};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
-use rumqttc::{TlsConfiguration, Transport};
 use testkit::visits_log::count_by_user_agent;
 use testkit::{free_port, https_get, wait_for_lines, workspace_root, Broker, Service};
 
@@ -176,10 +175,12 @@ async fn connect(
 ) -> Result<(AsyncClient, EventLoop), ConnectReturnCode> {
     let client_id = format!("deploy-test-{}", user.unwrap_or("anonymous"));
     let mut options = MqttOptions::new(client_id, "127.0.0.1", broker.tls_port());
-    let tls = common::tls::client_config(Some(&broker.ca_file()), None).unwrap();
-    options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-        Arc::new(tls),
-    )));
+    let tls = MqttSettings {
+        tls: true,
+        ca_file: Some(broker.ca_file()),
+        ..MqttSettings::default()
+    };
+    options.set_transport(tls.transport().unwrap());
     if let Some(user) = user {
         options.set_credentials(user, broker.password(user));
     }
