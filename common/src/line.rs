@@ -9,6 +9,7 @@
 //! - ip: the visitor's address as text.
 
 use std::io::Write;
+use std::net::IpAddr;
 
 use crate::{timestamp, HeaderText, Visit};
 
@@ -25,8 +26,26 @@ pub fn write_line(visit: &Visit, max_field_bytes: usize, out: &mut Vec<u8>) {
             None => out.extend_from_slice(NULL),
         }
     }
-    // Writing into a Vec cannot fail.
-    let _ = writeln!(out, "|{}", visit.ip);
+    out.push(b'|');
+    write_ip(&visit.ip, out);
+    out.push(b'\n');
+}
+
+/// The address as `Display` writes it; IPv4, nearly every visit, without the formatting machinery
+/// (a fifth of `write_line`, by callgrind).
+fn write_ip(ip: &IpAddr, out: &mut Vec<u8>) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                out.extend_from_slice(itoa::Buffer::new().format(octet).as_bytes());
+            }
+        }
+        // Writing into a Vec cannot fail.
+        IpAddr::V6(v6) => drop(write!(out, "{v6}")),
+    }
 }
 
 /// The first `max` bytes of `bytes`, moved back (by at most 3 bytes) so as not to split a UTF-8 character.
@@ -51,14 +70,17 @@ pub fn escape_into(bytes: &[u8], out: &mut Vec<u8>) {
         out.extend_from_slice(b"\\x6eull");
         return;
     }
-    for chunk in bytes.utf8_chunks() {
+    // Most values are plain ASCII throughout: their leading plain run is copied without decoding.
+    let plain = plain_prefix(bytes);
+    out.extend_from_slice(&bytes[..plain]);
+    for chunk in bytes[plain..].utf8_chunks() {
         let text = chunk.valid();
         let bytes = text.as_bytes();
         // Runs that need no escape are copied whole; printable ASCII is told apart without decoding.
         let (mut plain_from, mut at) = (0, 0);
         while at < bytes.len() {
             let c = match bytes[at] {
-                b' '..=b'~' if bytes[at] != b'|' && bytes[at] != b'\\' => {
+                b if is_plain(b) => {
                     at += 1;
                     continue;
                 }
@@ -86,6 +108,23 @@ pub fn escape_into(bytes: &[u8], out: &mut Vec<u8>) {
         out.extend_from_slice(&bytes[plain_from..]);
         hex_escape(chunk.invalid(), out);
     }
+}
+
+/// How many leading bytes are plain, checked 16 at a time where possible (the compiler turns a
+/// fixed-size chunk's check into vector instructions: a third of `escape_into`, by callgrind).
+fn plain_prefix(bytes: &[u8]) -> usize {
+    const LANES: usize = 16;
+    let whole_chunks = bytes
+        .chunks_exact(LANES)
+        .take_while(|chunk| chunk.iter().fold(true, |all, &b| all & is_plain(b)))
+        .count();
+    let checked = whole_chunks * LANES;
+    checked + bytes[checked..].iter().take_while(|&&b| is_plain(b)).count()
+}
+
+/// Printable ASCII that is written as it is.
+fn is_plain(b: u8) -> bool {
+    matches!(b, b' '..=b'~') && b != b'|' && b != b'\\'
 }
 
 fn hex_escape(bytes: &[u8], out: &mut Vec<u8>) {
@@ -216,6 +255,24 @@ mod tests {
     }
 
     #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "9.10.99.100",
+            "255.255.255.255",
+            "::",
+            "::1",
+            "2001:db8::ff00:42:8329",
+            "fe80::1:2:3:4",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut out = Vec::new();
+            write_ip(&ip, &mut out);
+            assert_eq!(out, ip.to_string().as_bytes());
+        }
+    }
+
+    #[test]
     fn escaping_neutralises_separators_breaks_and_controls() {
         assert_eq!(escaped(b"a|b\\c"), r"a\|b\\c");
         assert_eq!(escaped(b"x\ny\rz\t\x00\x7f"), r"x\x0ay\x0dz\x09\x00\x7f");
@@ -228,6 +285,13 @@ mod tests {
             escaped("Mozilla/5.0 (Ünïcödé; 日本)".as_bytes()),
             "Mozilla/5.0 (Ünïcödé; 日本)"
         );
+        // Long plain runs are checked 16 bytes at a time: a special byte anywhere in or after them.
+        for at in [0, 15, 16, 17, 31, 32, 40] {
+            let mut value = vec![b'a'; 40];
+            value.insert(at, b'|');
+            let expected = format!("{}\\|{}", "a".repeat(at), "a".repeat(40 - at));
+            assert_eq!(escaped(&value), expected, "| at {at}");
+        }
         assert_eq!(escaped(b"null"), r"\x6eull");
         assert_eq!(escaped(b"nullx"), "nullx");
     }
