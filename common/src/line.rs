@@ -119,7 +119,11 @@ fn plain_prefix(bytes: &[u8]) -> usize {
         .take_while(|chunk| chunk.iter().fold(true, |all, &b| all & is_plain(b)))
         .count();
     let checked = whole_chunks * LANES;
-    checked + bytes[checked..].iter().take_while(|&&b| is_plain(b)).count()
+    checked
+        + bytes[checked..]
+            .iter()
+            .take_while(|&&b| is_plain(b))
+            .count()
 }
 
 /// Printable ASCII that is written as it is.
