@@ -9,7 +9,9 @@ use chrono::{DateTime, Datelike, Timelike, Utc};
 pub fn write(ts: &DateTime<Utc>, out: &mut Vec<u8>) {
     // A leap second is carried by chrono as nanos >= 1e9; it is written as the last tick of the second.
     let ticks = ts.timestamp_subsec_nanos().min(999_999_999) / 100;
-    let year = ts.year();
+    // Fields read from the naive time: on a `DateTime` each accessor adds the (zero) offset again.
+    let naive = ts.naive_utc();
+    let year = naive.year();
     if !(0..=9999).contains(&year) {
         // Writing into a Vec cannot fail.
         let _ = write!(out, "{}.{ticks:07}Z", ts.format("%Y-%m-%dT%H:%M:%S"));
@@ -18,11 +20,11 @@ pub fn write(ts: &DateTime<Utc>, out: &mut Vec<u8>) {
     // Digit by digit: chrono's pattern formatting was a tenth of the sink's time per visit.
     let mut text = *b"0000-00-00T00:00:00.0000000Z";
     put_digits(&mut text[0..4], year as u32);
-    put_digits(&mut text[5..7], ts.month());
-    put_digits(&mut text[8..10], ts.day());
-    put_digits(&mut text[11..13], ts.hour());
-    put_digits(&mut text[14..16], ts.minute());
-    put_digits(&mut text[17..19], ts.second());
+    put_digits(&mut text[5..7], naive.month());
+    put_digits(&mut text[8..10], naive.day());
+    put_digits(&mut text[11..13], naive.hour());
+    put_digits(&mut text[14..16], naive.minute());
+    put_digits(&mut text[17..19], naive.second());
     put_digits(&mut text[20..27], ticks);
     out.extend_from_slice(&text);
 }
