@@ -79,13 +79,12 @@ pub fn escape_into(bytes: &[u8], out: &mut Vec<u8>) {
         // Runs that need no escape are copied whole; printable ASCII is told apart without decoding.
         let (mut plain_from, mut at) = (0, 0);
         while at < bytes.len() {
-            let c = match bytes[at] {
-                b if is_plain(b) => {
-                    at += 1;
-                    continue;
-                }
-                b if b.is_ascii() => char::from(b),
-                _ => text[at..].chars().next().expect("inside a valid chunk"),
+            at += plain_prefix(&bytes[at..]);
+            let Some(&byte) = bytes.get(at) else { break };
+            let c = if byte.is_ascii() {
+                char::from(byte)
+            } else {
+                text[at..].chars().next().expect("inside a valid chunk")
             };
             let end = at + c.len_utf8();
             // `None`: written as `\xHH` per UTF-8 byte.
