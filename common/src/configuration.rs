@@ -1,6 +1,9 @@
 //! Layered settings shared by both services: built-in defaults (serde defaults on each settings type)
 //! → `appsettings.json` (working directory, or the path in `TRACKER_CONFIG`) → `TRACKER__SECTION__KEY`
 //! environment variables. Every error names the key it is about.
+//!
+//! Values are taken as written: an environment variable stays a string until the settings type asks
+//! for a number or a boolean, so `TRACKER__EDGE__ID=007` is the id `007`, not `7`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -81,7 +84,9 @@ impl Sources {
         let env = Environment::with_prefix("TRACKER")
             .prefix_separator("__")
             .separator("__")
-            .try_parsing(true)
+            // Off: it would turn `007`, `1e3`, `TRUE` or `nan` into numbers and booleans before a string
+            // setting sees them. Typed keys still parse, as `config` converts strings on demand.
+            .try_parsing(false)
             .source(self.env);
         Ok(Config::builder()
             .add_source(file)
@@ -284,6 +289,78 @@ mod tests {
             probe.mqtt.credentials().unwrap(),
             Some(("edge".into(), String::new()))
         );
+    }
+
+    /// Values that look like numbers or booleans, which a string setting must keep as written.
+    const NUMBER_LIKE: [&str; 7] = ["007", "1e3", "TRUE", "nan", "0x1f", "-0", "1.50"];
+
+    #[test]
+    fn string_settings_arrive_verbatim_from_the_environment_and_the_file() {
+        let keys = [
+            "host",
+            "client_id",
+            "username",
+            "password",
+            "password_file",
+            "ca_file",
+            "client_cert_file",
+            "client_key_file",
+            "topic",
+        ];
+        for value in NUMBER_LIKE {
+            let vars: Vec<(String, String)> = keys
+                .iter()
+                .map(|key| {
+                    (
+                        format!("TRACKER__MQTT__{}", key.to_uppercase()),
+                        value.into(),
+                    )
+                })
+                .collect();
+            let pairs: Vec<(&str, &str)> =
+                vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let mut file = tempfile::Builder::new().suffix(".json").tempfile().unwrap();
+            let fields: Vec<String> = keys.iter().map(|k| format!("{k:?}: {value:?}")).collect();
+            write!(file, r#"{{"mqtt": {{{}}}}}"#, fields.join(", ")).unwrap();
+            for probe in [
+                load(None, &pairs).unwrap(),
+                load(Some(file.path().into()), &[]).unwrap(),
+            ] {
+                let mqtt = probe.mqtt;
+                let path = |p: Option<PathBuf>| p.map(|p| p.display().to_string());
+                assert_eq!(mqtt.host, value);
+                assert_eq!(mqtt.topic, value);
+                assert_eq!(mqtt.client_id.as_deref(), Some(value));
+                assert_eq!(mqtt.username.as_deref(), Some(value));
+                use secrecy::ExposeSecret;
+                assert_eq!(
+                    mqtt.password.as_ref().map(|p| p.expose_secret()),
+                    Some(value)
+                );
+                for file in [
+                    mqtt.password_file,
+                    mqtt.ca_file,
+                    mqtt.client_cert_file,
+                    mqtt.client_key_file,
+                ] {
+                    assert_eq!(path(file).as_deref(), Some(value));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn numbers_and_booleans_still_parse_for_typed_keys() {
+        let probe = load(
+            None,
+            &[
+                ("TRACKER__MQTT__PORT", "1884"),
+                ("TRACKER__MQTT__TLS", "TRUE"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(probe.mqtt.port, 1884);
+        assert!(probe.mqtt.tls);
     }
 
     #[test]

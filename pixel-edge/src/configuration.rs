@@ -272,6 +272,32 @@ mod tests {
     }
 
     #[test]
+    fn string_settings_arrive_verbatim() {
+        for value in ["007", "1e3", "TRUE", "nan"] {
+            let settings: Settings = Sources::with_env(
+                None,
+                &[
+                    ("TRACKER__EDGE__ID", value),
+                    ("TRACKER__EDGE__SPOOL_DIR", value),
+                    ("TRACKER__HTTPS__CERT_FILE", value),
+                    ("TRACKER__HTTPS__KEY_FILE", value),
+                ],
+            )
+            .load()
+            .unwrap();
+            assert_eq!(settings.edge.id, value);
+            assert_eq!(settings.topic(), format!("tracker/visits/{value}"));
+            for path in [
+                settings.edge.spool_dir,
+                settings.https.cert_file,
+                settings.https.key_file,
+            ] {
+                assert_eq!(path, Some(PathBuf::from(value)));
+            }
+        }
+    }
+
+    #[test]
     fn the_default_edge_id_is_the_host_name_below_the_broker_user() {
         let host = hostname::get().unwrap().to_string_lossy().into_owned();
         assert_eq!(load(&[]).unwrap().edge.id, host);

@@ -155,6 +155,22 @@ mod tests {
     }
 
     #[test]
+    fn string_settings_arrive_verbatim() {
+        for value in ["007", "1e3", "TRUE", "nan"] {
+            let settings = load(&[
+                ("TRACKER__STORAGE__PATH", value),
+                ("TRACKER__STORAGE__REJECTED_PATH", &format!("{value}.bad")),
+            ])
+            .unwrap();
+            assert_eq!(settings.storage.path, PathBuf::from(value));
+            assert_eq!(
+                settings.storage.rejected_path(),
+                PathBuf::from(format!("{value}.bad"))
+            );
+        }
+    }
+
+    #[test]
     fn bad_values_name_their_key() {
         let cases = [
             ("TRACKER__STORAGE__FSYNC", "sometimes", "storage.fsync"),
