@@ -11,6 +11,8 @@ pub mod telemetry;
 pub mod timestamp;
 pub mod tls;
 pub mod visit;
+pub mod visitor_ip;
 pub mod wire;
 
 pub use visit::{HeaderText, Visit};
+pub use visitor_ip::VisitorIp;

@@ -6,12 +6,12 @@
 //!   `\` → `\\`, `|` → `\|`; control characters (U+0000–U+001F, U+007F–U+009F), U+2028 and U+2029 as
 //!   `\xHH` per UTF-8 byte; bytes that are not UTF-8 as `\xHH`; a value that is literally `null` has
 //!   its first byte written `\x6e`, so a bare `null` always means "absent";
-//! - ip: the visitor's address as text.
+//! - ip: the visitor's address as text, or `hash-` and 32 hex digits (see [`crate::visitor_ip`]).
 
 use std::io::Write;
 use std::net::IpAddr;
 
-use crate::{timestamp, HeaderText, Visit};
+use crate::{timestamp, HeaderText, Visit, VisitorIp};
 
 /// Written in place of an absent referrer or user-agent.
 pub const NULL: &[u8] = b"null";
@@ -33,9 +33,9 @@ pub fn write_line(visit: &Visit, max_field_bytes: usize, out: &mut Vec<u8>) {
 
 /// The address as `Display` writes it; IPv4, nearly every visit, without the formatting machinery
 /// (a fifth of `write_line`, by callgrind).
-fn write_ip(ip: &IpAddr, out: &mut Vec<u8>) {
+fn write_ip(ip: &VisitorIp, out: &mut Vec<u8>) {
     match ip {
-        IpAddr::V4(v4) => {
+        VisitorIp::Addr(IpAddr::V4(v4)) => {
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
                     out.push(b'.');
@@ -44,7 +44,7 @@ fn write_ip(ip: &IpAddr, out: &mut Vec<u8>) {
             }
         }
         // Writing into a Vec cannot fail.
-        IpAddr::V6(v6) => drop(write!(out, "{v6}")),
+        ip => drop(write!(out, "{ip}")),
     }
 }
 
@@ -267,8 +267,9 @@ mod tests {
             "::1",
             "2001:db8::ff00:42:8329",
             "fe80::1:2:3:4",
+            "hash-00112233445566778899aabbccddeeff",
         ] {
-            let ip: IpAddr = ip.parse().unwrap();
+            let ip: VisitorIp = ip.parse().unwrap();
             let mut out = Vec::new();
             write_ip(&ip, &mut out);
             assert_eq!(out, ip.to_string().as_bytes());

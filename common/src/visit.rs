@@ -1,9 +1,9 @@
 //! The one validated visit type: a pixel request as the edge saw it.
 
-use std::net::IpAddr;
-
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
+
+use crate::VisitorIp;
 
 /// A request header's value as the raw bytes the client sent: browsers and bots may send any bytes,
 /// and none of them may be lost or allowed to break a log line. Never empty: an empty header is no header.
@@ -31,8 +31,9 @@ pub struct Visit {
     pub ts: DateTime<Utc>,
     pub referrer: Option<HeaderText>,
     pub user_agent: Option<HeaderText>,
-    /// The peer address of the socket; an IPv4-mapped IPv6 address is stored as the IPv4 address.
-    pub ip: IpAddr,
+    /// The visitor's address (an IPv4-mapped IPv6 address is stored as the IPv4 address), or what
+    /// the edge's privacy settings keep of it.
+    pub ip: VisitorIp,
     /// The id of the edge that took the request.
     pub edge: String,
 }
@@ -43,7 +44,7 @@ impl Visit {
         ts: DateTime<Utc>,
         referrer: Option<HeaderText>,
         user_agent: Option<HeaderText>,
-        ip: IpAddr,
+        ip: VisitorIp,
         edge: &str,
     ) -> Self {
         Self {
@@ -51,7 +52,7 @@ impl Visit {
             ts,
             referrer,
             user_agent,
-            ip: ip.to_canonical(),
+            ip,
             edge: edge.to_owned(),
         }
     }
@@ -69,10 +70,10 @@ mod tests {
 
     #[test]
     fn ipv4_mapped_peer_is_recorded_as_ipv4() {
-        let mapped: IpAddr = "::ffff:1.2.3.4".parse().unwrap();
+        let mapped = "::ffff:1.2.3.4".parse::<std::net::IpAddr>().unwrap().into();
         let visit = Visit::new(Utc::now(), None, None, mapped, "e");
         assert_eq!(visit.ip.to_string(), "1.2.3.4");
-        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        let v6 = "2001:db8::1".parse().unwrap();
         assert_eq!(
             Visit::new(Utc::now(), None, None, v6, "e").ip.to_string(),
             "2001:db8::1"

@@ -5,9 +5,10 @@
 //!
 //! `referrer` and `user_agent` are `null` when absent or empty, a JSON string when the header was valid
 //! UTF-8, and `{"b64":"<standard base64>"}` when it was not, so any byte a client sent arrives intact.
+//! `ip` is an address, or `hash-` and 32 hex digits under the edge's `privacy.ip = hash` (see
+//! [`crate::visitor_ip`]); older v1 events, addresses only, read as they always did.
 
 use std::borrow::Cow;
-use std::net::IpAddr;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
@@ -16,7 +17,7 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use uuid::Uuid;
 
-use crate::{timestamp, HeaderText, Visit};
+use crate::{timestamp, HeaderText, Visit, VisitorIp};
 
 /// The only event version this build reads and writes.
 pub const EVENT_VERSION: u64 = 1;
@@ -66,7 +67,7 @@ pub fn decode_event(line: &[u8]) -> Result<Visit, EventError> {
             ts: event.ts,
             referrer: event.referrer.and_then(WireHeader::into_header),
             user_agent: event.user_agent.and_then(WireHeader::into_header),
-            ip: event.ip.to_canonical(),
+            ip: event.ip,
             edge: event.edge,
         }),
         Ok(event) => Err(EventError::UnsupportedVersion(event.v.to_string())),
@@ -91,7 +92,7 @@ struct EventOut<'a> {
     ts: String,
     referrer: Option<&'a HeaderText>,
     user_agent: Option<&'a HeaderText>,
-    ip: &'a IpAddr,
+    ip: &'a VisitorIp,
     edge: &'a str,
 }
 
@@ -105,7 +106,7 @@ struct EventIn {
     referrer: Option<WireHeader>,
     #[serde(default)]
     user_agent: Option<WireHeader>,
-    ip: IpAddr,
+    ip: VisitorIp,
     edge: String,
 }
 
@@ -257,6 +258,19 @@ mod tests {
             decode_event(ok.as_bytes()).unwrap().ip.to_string(),
             "8.8.8.8"
         );
+        let forged = missing.replace(r#""edge""#, r#""ip":"hash-1|2.2.2.2\n","edge""#);
+        assert!(decode_event(forged.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn a_hashed_ip_travels_as_written() {
+        let hash = "hash-00112233445566778899aabbccddeeff";
+        let mut original = visit(None, None);
+        original.ip = hash.parse().unwrap();
+        let line = encoded(&original);
+        let json: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(json["ip"], hash);
+        assert_eq!(decode_event(&line).unwrap().ip, original.ip);
     }
 
     #[test]

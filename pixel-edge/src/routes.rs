@@ -136,7 +136,7 @@ impl Tracker {
             ts,
             header_text(header::REFERER),
             header_text(header::USER_AGENT),
-            peer.ip(),
+            peer.ip().into(),
             &self.edge_id,
         );
         let mut encoded = Vec::with_capacity(256);
