@@ -1,12 +1,13 @@
 //! What the pixel edge and the store sink share: the validated [`Visit`], how it travels over MQTT
 //! ([`wire`]), how it is written to the log ([`line`]), and the plumbing both binaries need
-//! (layered settings, logging, shutdown signals).
+//! (layered settings, logging, shutdown signals, task supervision).
 
 pub mod backoff;
 pub mod configuration;
 pub mod line;
 pub mod metrics;
 pub mod shutdown;
+pub mod supervision;
 pub mod telemetry;
 pub mod timestamp;
 pub mod tls;

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Notify;
 
+use crate::supervision::Watched;
+
 /// Resolves on the first SIGTERM or SIGINT.
 pub async fn signal_received() {
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
@@ -16,14 +18,14 @@ pub async fn signal_received() {
     }
 }
 
-/// Notifies `to` on every SIGHUP, logging that it will `then` (e.g. "reopening the log files").
-pub fn forward_hangups(to: Arc<Notify>, then: &'static str) -> std::io::Result<()> {
+/// Notifies `to` on every SIGHUP, logging that it will `then` (e.g. "reopening the log files"), from a
+/// task the caller watches.
+pub fn forward_hangups(to: Arc<Notify>, then: &'static str) -> std::io::Result<Watched> {
     let mut hangups = signal(SignalKind::hangup())?;
-    tokio::spawn(async move {
+    Ok(Watched::spawn("SIGHUP forwarder", async move {
         while hangups.recv().await.is_some() {
             tracing::info!("SIGHUP received, {then}");
             to.notify_one();
         }
-    });
-    Ok(())
+    }))
 }

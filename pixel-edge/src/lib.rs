@@ -1,5 +1,6 @@
 //! The pixel edge: serves `GET /track` with a transparent GIF at once, over HTTP and HTTPS, and hands
-//! each visit to a bounded queue; one publisher task delivers the queue to the broker.
+//! each visit to a bounded queue; one publisher task delivers the queue to the broker. The server, the
+//! publisher and the certificate reloader are watched: if one ends before shutdown, `run` fails.
 
 mod batch;
 pub mod configuration;
@@ -17,6 +18,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use anyhow::Context;
+use common::supervision::Watched;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -66,7 +68,8 @@ async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
 
 /// Serves the pixel on `listeners` until `shutdown` resolves, then stops accepting, lets open requests
 /// finish, and delivers what the edge still holds (within `edge.drain_timeout_secs`). Each
-/// `reload_certificate` notification (SIGHUP) reloads the HTTPS certificate.
+/// `reload_certificate` notification (SIGHUP) reloads the HTTPS certificate. Fails, after logging why,
+/// as soon as one of its long-lived tasks ends unexpectedly.
 pub async fn run(
     settings: Settings,
     listeners: Listeners,
@@ -89,7 +92,10 @@ pub async fn run(
     let broker_connected = Arc::new(AtomicBool::new(false));
     let stop_publishing = CancellationToken::new();
     let publisher = Publisher::new(&settings, queue_rx, spool, broker_connected.clone())?;
-    let publisher = tokio::spawn(publisher.run(stop_publishing.clone(), settings.drain_timeout()));
+    let mut publisher = Watched::spawn(
+        "publisher",
+        publisher.run(stop_publishing.clone(), settings.drain_timeout()),
+    );
 
     let tracker = Arc::new(Tracker {
         queue,
@@ -104,31 +110,59 @@ pub async fn run(
         Some(listener) => {
             let certificate = Certificate::load(&settings.https)?;
             let config = certificate.server_config();
-            tokio::spawn(certificate.keep_fresh(
-                settings.https.reload_check(),
-                reload_certificate,
-                stop_reloading.clone(),
-            ));
-            Some((listener, config))
+            let reloader = Watched::spawn(
+                "certificate reloader",
+                certificate.keep_fresh(
+                    settings.https.reload_check(),
+                    reload_certificate,
+                    stop_reloading.clone(),
+                ),
+            );
+            Some((listener, config, reloader))
         }
         None => None,
     };
     tracing::info!(
         http = ?listeners.http.as_ref().map(TcpListener::local_addr).transpose()?,
-        https = ?https.as_ref().map(|(l, _)| l.local_addr()).transpose()?,
+        https = ?https.as_ref().map(|(l, _, _)| l.local_addr()).transpose()?,
         "pixel edge started"
     );
-    server::serve(
-        listeners.http,
-        https,
-        routes::routes(tracker),
-        &settings.http,
-        shutdown,
-    )
-    .await;
+    let (https, mut reloader) = match https {
+        Some((listener, config, reloader)) => (Some((listener, config)), Some(reloader)),
+        None => (None, None),
+    };
+    let stop_serving = CancellationToken::new();
+    let http_settings = settings.http.clone();
+    let serving = stop_serving.clone().cancelled_owned();
+    let mut server = Watched::spawn("HTTP server", async move {
+        server::serve(
+            listeners.http,
+            https,
+            routes::routes(tracker),
+            &http_settings,
+            serving,
+        )
+        .await
+    });
 
+    tokio::select! {
+        _ = shutdown => {}
+        ended = server.ended() => return Err(ended.into()),
+        ended = publisher.ended() => return Err(ended.into()),
+        ended = async {
+            match reloader.as_mut() {
+                Some(reloader) => reloader.ended().await,
+                None => std::future::pending().await,
+            }
+        } => return Err(ended.into()),
+    }
+    stop_serving.cancel();
+    server.join().await?;
     stop_reloading.cancel();
+    if let Some(reloader) = reloader.as_mut() {
+        reloader.join().await?;
+    }
     stop_publishing.cancel();
-    publisher.await?;
+    publisher.join().await?;
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! The pixel-edge binary: settings, logging, a runtime of `http.workers` threads, bind, then
-//! [`pixel_edge::run`] until SIGTERM or SIGINT; SIGHUP reloads the HTTPS certificate.
+//! [`pixel_edge::run`] until SIGTERM or SIGINT; SIGHUP reloads the HTTPS certificate. Exits non-zero
+//! when a task of the edge ended unexpectedly.
 
 use std::sync::Arc;
 
@@ -20,16 +21,18 @@ fn main() -> anyhow::Result<()> {
     runtime.enable_all().build()?.block_on(async {
         let listeners = Listeners::bind(&settings).await?;
         let reload_certificate = Arc::new(Notify::new());
-        shutdown::forward_hangups(
+        let mut hangups = shutdown::forward_hangups(
             reload_certificate.clone(),
             "reloading the HTTPS certificate",
         )?;
-        pixel_edge::run(
-            settings,
-            listeners,
-            reload_certificate,
-            shutdown::signal_received(),
-        )
-        .await
+        tokio::select! {
+            result = pixel_edge::run(
+                settings,
+                listeners,
+                reload_certificate,
+                shutdown::signal_received(),
+            ) => result,
+            ended = hangups.ended() => Err(ended.into()),
+        }
     })
 }

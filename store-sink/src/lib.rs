@@ -1,5 +1,6 @@
 //! The store sink: one persistent MQTT session in, one append-only visits log out. A message is acked
-//! only once every visit it carried is written (and, by default, synced).
+//! only once every visit it carried is written (and, by default, synced). The subscription, the writer
+//! and the health listener are watched: if one ends before shutdown, `run` fails.
 
 pub mod append_file;
 pub mod configuration;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use common::supervision::Watched;
 use rumqttc::AsyncClient;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Notify};
@@ -31,6 +33,7 @@ const REQUEST_CAPACITY: usize = 1024;
 /// Stores visits until `shutdown` resolves; then writes, syncs and acks what it has received,
 /// disconnects (keeping the session), and returns. Health and metrics are served on `metrics_listener`.
 /// Each notification of `reopen` (SIGHUP) reopens the log files after the batch being written.
+/// Fails, after logging why, as soon as one of its long-lived tasks ends unexpectedly.
 pub async fn run(
     settings: Settings,
     metrics_listener: TcpListener,
@@ -49,28 +52,34 @@ pub async fn run(
     // Unbounded, yet bounded in effect: the broker sends at most `max_inflight_messages` unacked messages.
     let (to_writer, messages) = mpsc::unbounded_channel();
     let stop = CancellationToken::new();
-    let mut driver = tokio::spawn(subscription::drive(
-        eventloop,
-        client.clone(),
-        settings.topic_filter(),
-        to_writer,
-        stop.clone(),
-        health.clone(),
-    ));
+    let mut driver = Watched::spawn(
+        "subscription",
+        subscription::drive(
+            eventloop,
+            client.clone(),
+            settings.topic_filter(),
+            to_writer,
+            stop.clone(),
+            health.clone(),
+        ),
+    );
     let writer = Writer::new(
         storage,
         settings.storage.clone(),
         client.clone(),
         health.clone(),
     );
-    let writer = tokio::spawn(writer.run(messages, reopen, stop.clone()));
+    let mut writer = Watched::spawn("writer", writer.run(messages, reopen, stop.clone()));
     let metrics_addr = metrics_listener.local_addr()?;
-    let http = tokio::spawn(health::serve(
-        metrics_listener,
-        health,
-        metrics,
-        stop.clone().cancelled_owned(),
-    ));
+    let mut http = Watched::spawn(
+        "health listener",
+        health::serve(
+            metrics_listener,
+            health,
+            metrics,
+            stop.clone().cancelled_owned(),
+        ),
+    );
     tracing::info!(
         path = %settings.storage.path.display(),
         rejected = %settings.storage.rejected_path().display(),
@@ -80,19 +89,24 @@ pub async fn run(
         "store sink started"
     );
 
-    shutdown.await;
+    tokio::select! {
+        _ = shutdown => {}
+        ended = driver.ended() => return Err(ended.into()),
+        ended = writer.ended() => return Err(ended.into()),
+        ended = http.ended() => return Err(ended.into()),
+    }
     stop.cancel();
-    writer.await.context("the writer task failed")?;
+    writer.join().await?;
     // The acks are queued before the DISCONNECT, so they go out first.
     let _ = client.try_disconnect();
-    if tokio::time::timeout(Duration::from_secs(2), &mut driver)
-        .await
-        .is_err()
-    {
-        tracing::warn!("the broker connection did not close in time");
-        driver.abort();
+    match tokio::time::timeout(Duration::from_secs(2), driver.join()).await {
+        Ok(joined) => joined?,
+        Err(_) => {
+            tracing::warn!("the broker connection did not close in time");
+            driver.abort();
+        }
     }
-    let _ = http.await;
+    http.join().await?;
     tracing::info!("store sink stopped");
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! The store-sink binary: logging, settings, bind the metrics listener, then [`store_sink::run`] until SIGTERM or SIGINT;
 //! SIGHUP reopens the log files (log rotation).
+//! Exits non-zero when a task of the sink ended unexpectedly.
 
 use anyhow::Context;
 use common::configuration::Sources;
@@ -19,12 +20,14 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding metrics.listen = {}", settings.metrics.listen))?;
     let reopen = Arc::new(Notify::new());
-    shutdown::forward_hangups(reopen.clone(), "reopening the log files")?;
-    store_sink::run(
-        settings,
-        metrics_listener,
-        reopen,
-        shutdown::signal_received(),
-    )
-    .await
+    let mut hangups = shutdown::forward_hangups(reopen.clone(), "reopening the log files")?;
+    tokio::select! {
+        result = store_sink::run(
+            settings,
+            metrics_listener,
+            reopen,
+            shutdown::signal_received(),
+        ) => result,
+        ended = hangups.ended() => Err(ended.into()),
+    }
 }

@@ -115,6 +115,25 @@ impl Service {
         kill(Pid::from_raw(child.id() as i32), Signal::SIGHUP).expect("signalling the service");
     }
 
+    /// Waits for the process to exit by itself; panics, with its log, if it is still running after
+    /// `patience` (a deadline for waiting, not a timing assertion).
+    pub fn wait_for_exit(&mut self, patience: Duration) -> ExitStatus {
+        let deadline = Instant::now() + patience;
+        let child = self.child.as_mut().expect("the service was started");
+        loop {
+            if let Some(status) = child.try_wait().expect("waiting for the service") {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still running after {patience:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// SIGKILL, and waits for the exit.
     pub fn kill(&mut self) {
         self.signal(Signal::SIGKILL);
