@@ -172,9 +172,13 @@ pub fn unescape_field(field: &[u8]) -> Result<Option<HeaderText>, UnescapeError>
                 i += 2;
             }
             Some(b'x') => {
-                let hex = field.get(i + 2..i + 4).ok_or(UnescapeError::BadEscape(i))?;
-                let hex = std::str::from_utf8(hex).map_err(|_| UnescapeError::BadEscape(i))?;
-                out.push(u8::from_str_radix(hex, 16).map_err(|_| UnescapeError::BadEscape(i))?);
+                // Exactly two hex digits: `from_str_radix` alone would also take a sign (`\x+f`).
+                let hex = field
+                    .get(i + 2..i + 4)
+                    .filter(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+                    .and_then(|hex| u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok())
+                    .ok_or(UnescapeError::BadEscape(i))?;
+                out.push(hex);
                 i += 4;
             }
             Some(_) => return Err(UnescapeError::BadEscape(i)),
@@ -357,6 +361,9 @@ mod tests {
         assert_eq!(unescape_field(b"a\\q"), Err(UnescapeError::BadEscape(1)));
         assert_eq!(unescape_field(b"\\x4"), Err(UnescapeError::BadEscape(0)));
         assert_eq!(unescape_field(b"\\xzz"), Err(UnescapeError::BadEscape(0)));
+        for sign in [&b"\\x+f"[..], b"\\x-f", b"\\x+0", b"ab\\x+F"] {
+            assert!(unescape_field(sign).is_err(), "{sign:?}");
+        }
     }
 
     #[test]

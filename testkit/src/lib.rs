@@ -6,6 +6,7 @@
 mod broker;
 mod curl;
 mod load;
+pub mod mqtt;
 mod process;
 mod services;
 pub mod visits_log;
