@@ -20,6 +20,11 @@ ensure_curl() {
   command -v curl >/dev/null || install_packages curl
 }
 
+# The load-balancer tests put Debian's HAProxy in front of an edge.
+ensure_haproxy() {
+  command -v haproxy >/dev/null || install_packages haproxy
+}
+
 install_packages() {
   [ $# -eq 0 ] && return
   local sudo=()

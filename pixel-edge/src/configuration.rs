@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use common::configuration::{MqttSettings, SettingsError, Sources};
 use common::telemetry::LogSettings;
+use ipnet::IpNet;
 use serde::Deserialize;
+
+use crate::forwarded::{ForwardedHeader, TrustedProxies};
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
@@ -37,6 +40,15 @@ pub struct HttpSettings {
     pub header_read_timeout_secs: u64,
     /// Runtime worker threads (HTTP and publishing); unset, one per CPU.
     pub workers: Option<usize>,
+    /// Every connection on the pixel listeners opens with a PROXY protocol header (v1 or v2, sent
+    /// by an L4 balancer), whose source is the client; a connection without a valid one is refused.
+    pub proxy_protocol: bool,
+    /// Proxies (CIDRs) whose `http.forwarded_header` names the visitor; from any other client the
+    /// header is ignored. Empty (the default): the client is the visitor.
+    #[serde(deserialize_with = "crate::forwarded::deserialize_networks")]
+    pub trusted_proxies: Vec<IpNet>,
+    /// The header the trusted proxies write: `X-Forwarded-For` or `Forwarded`.
+    pub forwarded_header: ForwardedHeader,
 }
 
 impl Default for HttpSettings {
@@ -49,6 +61,9 @@ impl Default for HttpSettings {
             max_uri_bytes: 8 * 1024,
             header_read_timeout_secs: 10,
             workers: None,
+            proxy_protocol: false,
+            trusted_proxies: Vec::new(),
+            forwarded_header: ForwardedHeader::default(),
         }
     }
 }
@@ -243,6 +258,15 @@ impl Settings {
     }
 }
 
+impl HttpSettings {
+    pub fn trusted_proxies(&self) -> TrustedProxies {
+        TrustedProxies {
+            networks: self.trusted_proxies.clone(),
+            header: self.forwarded_header,
+        }
+    }
+}
+
 impl HttpsSettings {
     pub fn reload_check(&self) -> Duration {
         Duration::from_secs(self.reload_check_secs)
@@ -263,8 +287,21 @@ mod tests {
             ("TRACKER__MQTT__PORT", "1884"),
             ("TRACKER__HTTP__LISTEN", "[::]:8080"),
             ("TRACKER__EDGE__ID", "edge-eu-1"),
+            ("TRACKER__HTTP__PROXY_PROTOCOL", "true"),
+            ("TRACKER__HTTP__TRUSTED_PROXIES", "10.0.0.0/8, 192.0.2.7"),
+            ("TRACKER__HTTP__FORWARDED_HEADER", "Forwarded"),
         ])
         .unwrap();
+        assert!(settings.http.proxy_protocol);
+        let proxies = settings.http.trusted_proxies();
+        assert_eq!(
+            proxies.networks,
+            [
+                "10.0.0.0/8".parse().unwrap(),
+                "192.0.2.7/32".parse().unwrap()
+            ]
+        );
+        assert_eq!(proxies.header, ForwardedHeader::Forwarded);
         assert_eq!(settings.mqtt.port, 1884);
         assert_eq!(settings.http.listen, "[::]:8080".parse().unwrap());
         assert_eq!(settings.topic(), "tracker/visits/edge-eu-1");
@@ -324,6 +361,16 @@ mod tests {
         let cases = [
             ("TRACKER__HTTP__LISTEN", "localhost", "http.listen"),
             ("TRACKER__EDGE__ID", "a//b", "edge.id"),
+            (
+                "TRACKER__HTTP__TRUSTED_PROXIES",
+                "10.0.0.0/8,10.0.0.0/33",
+                "http.trusted_proxies",
+            ),
+            (
+                "TRACKER__HTTP__FORWARDED_HEADER",
+                "X-Real-IP",
+                "http.forwarded_header",
+            ),
             ("TRACKER__EDGE__ID", "a/+", "edge.id"),
             ("TRACKER__EDGE__QUEUE_CAPACITY", "0", "edge.queue_capacity"),
             (

@@ -5,7 +5,9 @@
 mod batch;
 pub mod configuration;
 mod connection;
+mod forwarded;
 pub mod https;
+mod proxy_protocol;
 mod publisher;
 pub mod queue;
 pub mod routes;
@@ -101,6 +103,7 @@ pub async fn run(
         queue,
         edge_id: settings.edge.id.clone(),
         max_field_bytes: settings.edge.max_field_bytes,
+        trusted_proxies: settings.http.trusted_proxies(),
         broker_connected,
         metrics,
         requests: RequestCounters::register(),

@@ -3,6 +3,7 @@
 //! `GET /readyz` (broker connected, or room left to hold visits) and `GET /metrics` (Prometheus).
 //! Everything else is 404.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use warp::http::{header, HeaderMap, HeaderValue, Method, Response as HttpRespons
 use warp::reply::{Reply, Response};
 use warp::Filter;
 
+use crate::forwarded::TrustedProxies;
 use crate::queue::VisitQueue;
 use crate::server::Peer;
 
@@ -37,6 +39,8 @@ pub struct Tracker {
     pub edge_id: String,
     /// Referrer and user-agent are cut to this many bytes before they are queued.
     pub max_field_bytes: usize,
+    /// Whose `X-Forwarded-For`/`Forwarded` names the visitor (`http.trusted_proxies`).
+    pub trusted_proxies: TrustedProxies,
     /// Set by the publisher while it has a broker connection.
     pub broker_connected: Arc<AtomicBool>,
     pub metrics: PrometheusHandle,
@@ -122,8 +126,7 @@ pub fn routes(tracker: Arc<Tracker>) -> BoxedFilter<(Response,)> {
 impl Tracker {
     fn record(&self, headers: &HeaderMap, peer: Option<Peer>) {
         let ts = Utc::now();
-        // Assumption: no proxy sits in front of the edge (task constraint 2), so X-Forwarded-For is never trusted.
-        let Some(Peer(peer)) = peer else {
+        let Some(peer) = peer else {
             tracing::warn!("request without a peer address is not a visit");
             return;
         };
@@ -136,12 +139,19 @@ impl Tracker {
             ts,
             header_text(header::REFERER),
             header_text(header::USER_AGENT),
-            peer.ip().into(),
+            self.visitor_address(peer, headers).into(),
             &self.edge_id,
         );
         let mut encoded = Vec::with_capacity(256);
         wire::encode_event(&visit, &mut encoded);
         self.queue.push(encoded);
+    }
+
+    /// The one place that decides whose address a visit records: the connection's client (the TCP
+    /// peer, or the source its PROXY header named), or, when that client is a trusted proxy, the
+    /// right-most untrusted address of the forwarded header.
+    pub fn visitor_address(&self, peer: Peer, headers: &HeaderMap) -> IpAddr {
+        self.trusted_proxies.visitor(peer.0.ip(), headers)
     }
 
     /// Ready while the broker is connected, or while there is still room to hold visits for it.

@@ -1,8 +1,9 @@
 //! The edge's HTTP server: plain HTTP/1 and, over TLS, HTTP/2 or HTTP/1.1 (hyper), with the limits a
 //! service facing browsers directly needs — a cap on open connections (both listeners together), on the
 //! request head's size (answered 431 by hyper) and on the URI's (414), and a timeout for the TLS
-//! handshake and for reading the head — plus graceful shutdown. Requests go to the warp routes with
-//! the peer address attached as a [`Peer`] extension.
+//! handshake and for reading the head — plus graceful shutdown. With `http.proxy_protocol`, each
+//! connection's PROXY header is read first (before TLS). Requests go to the warp routes with the
+//! client address attached as a [`Peer`] extension.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -26,11 +27,12 @@ use warp::http::{Request, StatusCode};
 use warp::reply::{Reply, Response};
 
 use crate::configuration::HttpSettings;
+use crate::proxy_protocol;
 
 /// How long open connections may take to finish after shutdown is asked for.
 const HTTP_GRACE: Duration = Duration::from_secs(5);
 
-/// The TCP peer of the connection a request came on.
+/// The client of the connection a request came on: the TCP peer, or the source its PROXY header named.
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub SocketAddr);
 
@@ -45,7 +47,10 @@ struct Server {
     permits: Arc<Semaphore>,
     graceful: GracefulShutdown,
     max_uri_bytes: usize,
+    /// For the PROXY header, the TLS handshake and (by hyper) the request head, each.
     handshake_timeout: Duration,
+    /// Whether every connection opens with a PROXY protocol header.
+    proxy_protocol: bool,
 }
 
 /// Serves `routes` on the plain listener `http` and the TLS listener `https` (with the configuration
@@ -77,6 +82,7 @@ pub async fn serve(
         graceful: GracefulShutdown::new(),
         max_uri_bytes: http.max_uri_bytes,
         handshake_timeout: head_timeout,
+        proxy_protocol: http.proxy_protocol,
     };
 
     // The accept loops never end by themselves; dropping them at shutdown closes the listeners.
@@ -134,16 +140,75 @@ impl Server {
         }
     }
 
-    /// Serves one accepted connection to its end, TLS handshake first when `tls` is given.
+    /// Serves one accepted connection to its end: its PROXY header first when `http.proxy_protocol`
+    /// is on, then the TLS handshake when `tls` is given.
     fn connection(
         &self,
         stream: TcpStream,
         peer: SocketAddr,
         tls: Option<TlsAcceptor>,
     ) -> impl Future<Output = ()> + Send + 'static {
-        let watcher = self.graceful.watcher();
-        let routes = self.routes.clone();
-        let max_uri_bytes = self.max_uri_bytes;
+        let serving = Serving {
+            watcher: self.graceful.watcher(),
+            routes: self.routes.clone(),
+            max_uri_bytes: self.max_uri_bytes,
+            builder: match tls {
+                None => self.plain.clone(),
+                Some(_) => self.negotiated.clone(),
+            },
+            tls,
+            handshake_timeout: self.handshake_timeout,
+        };
+        let (proxy_protocol, handshake_timeout) = (self.proxy_protocol, self.handshake_timeout);
+        async move {
+            let result = match proxy_protocol {
+                false => serving.run(stream, peer).await,
+                true => {
+                    match tokio::time::timeout(
+                        handshake_timeout,
+                        proxy_protocol::read_header(stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok((source, stream))) => {
+                            serving.run(stream, source.unwrap_or(peer)).await
+                        }
+                        Ok(Err(err)) => Err(refused(err.to_string())),
+                        Err(_) => Err(refused("no PROXY protocol header in time".into())),
+                    }
+                }
+            };
+            if let Err(err) = result {
+                tracing::debug!(%peer, "connection ended with an error: {err}");
+            }
+        }
+    }
+}
+
+/// Counts a connection refused for its PROXY header: a balancer that does not send one (or a client
+/// that bypasses the balancer) shows up in `/metrics`, not only in debug logs.
+fn refused(why: String) -> ConnectionError {
+    metrics::counter!("tracker_edge_proxy_header_refused_total").increment(1);
+    why.into()
+}
+
+/// One connection's share of the [`Server`], owned by the connection's task.
+struct Serving {
+    watcher: hyper_util::server::graceful::Watcher,
+    routes: BoxedFilter<(Response,)>,
+    max_uri_bytes: usize,
+    builder: auto::Builder<TokioExecutor>,
+    tls: Option<TlsAcceptor>,
+    handshake_timeout: Duration,
+}
+
+impl Serving {
+    /// Serves HTTP on `stream`, whose client is `peer`, after the TLS handshake if there is one.
+    async fn run<IO>(self, stream: IO, peer: SocketAddr) -> Result<(), ConnectionError>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (routes, max_uri_bytes) = (self.routes, self.max_uri_bytes);
         let service = service_fn(move |mut request: Request<Incoming>| {
             let uri_bytes = request
                 .uri()
@@ -158,24 +223,14 @@ impl Server {
                 routes.call(request).await
             }
         });
-        let builder = match tls {
-            None => self.plain.clone(),
-            Some(_) => self.negotiated.clone(),
-        };
-        let handshake_timeout = self.handshake_timeout;
-        async move {
-            let result = match tls {
-                None => serve_io(&builder, watcher, stream, service).await,
-                Some(acceptor) => {
-                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => serve_io(&builder, watcher, stream, service).await,
-                        Ok(Err(err)) => Err(format!("TLS handshake failed: {err}").into()),
-                        Err(_) => Err("TLS handshake timed out".into()),
-                    }
+        match self.tls {
+            None => serve_io(&self.builder, self.watcher, stream, service).await,
+            Some(acceptor) => {
+                match tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => serve_io(&self.builder, self.watcher, stream, service).await,
+                    Ok(Err(err)) => Err(format!("TLS handshake failed: {err}").into()),
+                    Err(_) => Err("TLS handshake timed out".into()),
                 }
-            };
-            if let Err(err) = result {
-                tracing::debug!(%peer, "connection ended with an error: {err}");
             }
         }
     }

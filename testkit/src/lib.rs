@@ -5,6 +5,7 @@
 
 mod broker;
 mod curl;
+mod haproxy;
 mod load;
 pub mod mqtt;
 mod process;
@@ -13,6 +14,7 @@ pub mod visits_log;
 
 pub use broker::{free_port, init_secrets, workspace_root, Broker};
 pub use curl::{https_get, Fetched};
+pub use haproxy::{Balancing, Haproxy};
 pub use load::{client, Load, LoadReport};
 pub use process::Service;
 pub use services::{
