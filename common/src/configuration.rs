@@ -118,6 +118,14 @@ pub struct MqttSettings {
     pub client_key_file: Option<PathBuf>,
     /// Base topic; edges publish to `{topic}/{edge.id}`, the sink reads `{topic}/#`.
     pub topic: String,
+    /// A PINGREQ goes out this often, busy or not; a link on which nothing at all comes back is given
+    /// up after twice this (the edge's own watchdog makes that hold while publishes are stuck too).
+    /// Shorter notices a dead link sooner, at one small round trip per interval; at least 5 (rumqttc's
+    /// floor), and well above the round-trip time.
+    pub keep_alive_secs: u64,
+    /// Each connection attempt (TCP, TLS and the CONNACK) is given up after this long; it must cover
+    /// a few round trips (TLS alone takes two).
+    pub connect_timeout_secs: u64,
 }
 
 impl Default for MqttSettings {
@@ -134,6 +142,8 @@ impl Default for MqttSettings {
             client_cert_file: None,
             client_key_file: None,
             topic: "tracker/visits".into(),
+            keep_alive_secs: 15,
+            connect_timeout_secs: 5,
         }
     }
 }
@@ -166,6 +176,18 @@ impl MqttSettings {
                 format!("{topic:?} must be a non-empty topic without wildcards or a trailing '/'"),
             ));
         }
+        if !(5..=u64::from(u16::MAX)).contains(&self.keep_alive_secs) {
+            return Err(SettingsError::invalid(
+                "mqtt.keep_alive_secs",
+                "must be between 5 and 65535",
+            ));
+        }
+        if self.connect_timeout_secs == 0 {
+            return Err(SettingsError::invalid(
+                "mqtt.connect_timeout_secs",
+                "must be at least 1",
+            ));
+        }
         if (self.password.is_some() || self.password_file.is_some()) && self.user().is_none() {
             return Err(SettingsError::invalid(
                 "mqtt.username",
@@ -192,6 +214,10 @@ impl MqttSettings {
         self.credentials()?;
         self.transport()?;
         Ok(())
+    }
+
+    pub fn keep_alive(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.keep_alive_secs)
     }
 
     /// The broker user name; an empty value counts as unset.
@@ -387,6 +413,29 @@ mod tests {
             .mqtt
             .validate();
         assert!(err.unwrap_err().to_string().contains("`mqtt.username`"));
+        for (var, value, key) in [
+            (
+                "TRACKER__MQTT__KEEP_ALIVE_SECS",
+                "4",
+                "`mqtt.keep_alive_secs`",
+            ),
+            (
+                "TRACKER__MQTT__KEEP_ALIVE_SECS",
+                "65536",
+                "`mqtt.keep_alive_secs`",
+            ),
+            (
+                "TRACKER__MQTT__CONNECT_TIMEOUT_SECS",
+                "0",
+                "`mqtt.connect_timeout_secs`",
+            ),
+        ] {
+            let err = load(None, &[(var, value)]).unwrap().mqtt.validate();
+            assert!(err.unwrap_err().to_string().contains(key), "{var}={value}");
+        }
+        let probe = load(None, &[("TRACKER__MQTT__KEEP_ALIVE_SECS", "5")]).unwrap();
+        probe.mqtt.validate().unwrap();
+        assert_eq!(probe.mqtt.keep_alive(), std::time::Duration::from_secs(5));
     }
 
     #[test]

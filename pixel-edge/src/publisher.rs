@@ -69,7 +69,8 @@ impl Publisher {
             &settings.mqtt.host,
             settings.mqtt.port,
         );
-        options.set_keep_alive(Duration::from_secs(15));
+        options.set_keep_alive(settings.mqtt.keep_alive());
+        options.set_connection_timeout(settings.mqtt.connect_timeout_secs);
         // The edge keeps no broker session: it resends what was not acked itself (see `connection`).
         options.set_clean_start(true);
         // rumqttc sizes a table by this limit (u16::MAX by default: 14 MB); the window never needs more.

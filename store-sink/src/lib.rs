@@ -47,8 +47,12 @@ pub async fn run(
         subscribed: AtomicBool::new(false),
         writable: AtomicBool::new(true),
     });
-    let (client, eventloop) =
+    let (client, mut eventloop) =
         AsyncClient::new(subscription::mqtt_options(&settings)?, REQUEST_CAPACITY);
+    // rumqttc's v4 client keeps this timeout (connect, and each flush) with the event loop, not the options.
+    eventloop
+        .network_options
+        .set_connection_timeout(settings.mqtt.connect_timeout_secs);
     // Unbounded, yet bounded in effect: the broker sends at most `max_inflight_messages` unacked messages.
     let (to_writer, messages) = mpsc::unbounded_channel();
     let stop = CancellationToken::new();

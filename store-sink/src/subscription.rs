@@ -31,7 +31,7 @@ pub fn mqtt_options(settings: &Settings) -> Result<MqttOptions, SettingsError> {
     );
     options.set_clean_session(false);
     options.set_manual_acks(true);
-    options.set_keep_alive(Duration::from_secs(15));
+    options.set_keep_alive(settings.mqtt.keep_alive());
     options.set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
     options.set_transport(settings.mqtt.transport()?);
     if let Some((user, password)) = settings.mqtt.credentials()? {
