@@ -1,4 +1,4 @@
-//! The edge's settings: `mqtt.*`, `http.*`, `https.*` and `edge.*`, layered as described in
+//! The edge's settings: `mqtt.*`, `http.*`, `https.*`, `edge.*` and `privacy.*`, layered as described in
 //! [`common::configuration`].
 
 use std::net::SocketAddr;
@@ -20,6 +20,7 @@ pub struct Settings {
     pub http: HttpSettings,
     pub https: HttpsSettings,
     pub edge: EdgeSettings,
+    pub privacy: PrivacySettings,
 }
 
 /// The plain-HTTP listener, and the limits both listeners (plain and TLS) apply.
@@ -126,6 +127,81 @@ impl Default for EdgeSettings {
     }
 }
 
+/// `privacy.*`: what the edge keeps of the visitor's address and referrer, and which opt-out signals
+/// it honours. Applied before a visit leaves the edge, so raw values never reach the broker. The
+/// defaults keep everything, as the spec asks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct PrivacySettings {
+    pub ip: IpMode,
+    /// Leading bits of an IPv4 address that `truncate` (and opt-out `anonymize`) keeps, 0 to 32.
+    pub ipv4_prefix: u8,
+    /// Leading bits of an IPv6 address that `truncate` (and opt-out `anonymize`) keeps, 0 to 128.
+    pub ipv6_prefix: u8,
+    /// The key of `hash`, base64 of 32 bytes, made by the edge when the file does not exist. Unset,
+    /// the key is random, held in memory only and replaced every UTC day: setting it is how hashes
+    /// stay the same across days, restarts and edges.
+    pub hash_key_file: Option<PathBuf>,
+    pub referrer: ReferrerMode,
+    /// What an opt-out signal changes.
+    pub opt_out: OptOutMode,
+    /// `Sec-GPC: 1` (Global Privacy Control) is an opt-out signal.
+    pub honour_gpc: bool,
+    /// `DNT: 1` (Do Not Track) is an opt-out signal.
+    pub honour_dnt: bool,
+}
+
+impl Default for PrivacySettings {
+    fn default() -> Self {
+        Self {
+            ip: IpMode::Full,
+            ipv4_prefix: 24,
+            ipv6_prefix: 48,
+            hash_key_file: None,
+            referrer: ReferrerMode::Full,
+            opt_out: OptOutMode::Ignore,
+            honour_gpc: true,
+            honour_dnt: true,
+        }
+    }
+}
+
+/// `privacy.ip`: what the log keeps of the visitor's address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IpMode {
+    /// The address.
+    Full,
+    /// The address with all but its first `ipv4_prefix` / `ipv6_prefix` bits zeroed.
+    Truncate,
+    /// `hash-` and 32 hex digits: a keyed HMAC-SHA256 of the address.
+    Hash,
+}
+
+/// `privacy.referrer`: what the log keeps of the `Referer` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReferrerMode {
+    /// The header as sent.
+    Full,
+    /// Without its query and fragment, where tokens and e-mail addresses leak.
+    StripQuery,
+    /// Scheme, host and port only.
+    Origin,
+}
+
+/// `privacy.opt_out`: what a visit carrying an honoured opt-out signal becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptOutMode {
+    /// Recorded like any other.
+    Ignore,
+    /// Recorded with `ip = truncate` and `referrer = origin`, whatever those settings say.
+    Anonymize,
+    /// Not recorded at all: the pixel is served and the request counted as `opted_out`.
+    Skip,
+}
+
 impl Settings {
     pub fn load(sources: Sources) -> Result<Self, SettingsError> {
         let mut settings: Self = sources.load()?;
@@ -215,7 +291,7 @@ impl Settings {
                 "must be at least 1",
             ));
         }
-        Ok(())
+        self.privacy.validate()
     }
 
     fn validate_https(&self) -> Result<(), SettingsError> {
@@ -264,6 +340,37 @@ impl HttpSettings {
             networks: self.trusted_proxies.clone(),
             header: self.forwarded_header,
         }
+    }
+}
+
+impl PrivacySettings {
+    /// The key file itself is read when the edge starts ([`crate::privacy::Privacy::new`]).
+    fn validate(&self) -> Result<(), SettingsError> {
+        if self.ipv4_prefix > 32 {
+            return Err(SettingsError::invalid(
+                "privacy.ipv4_prefix",
+                "must be between 0 and 32",
+            ));
+        }
+        if self.ipv6_prefix > 128 {
+            return Err(SettingsError::invalid(
+                "privacy.ipv6_prefix",
+                "must be between 0 and 128",
+            ));
+        }
+        if self.hash_key_file.is_some() && self.ip != IpMode::Hash {
+            return Err(SettingsError::invalid(
+                "privacy.hash_key_file",
+                format!("is set but privacy.ip is {:?}, not hash", self.ip),
+            ));
+        }
+        if self.opt_out != OptOutMode::Ignore && !self.honour_gpc && !self.honour_dnt {
+            return Err(SettingsError::invalid(
+                "privacy.opt_out",
+                "has no effect: privacy.honour_gpc and privacy.honour_dnt are both false",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -411,11 +518,64 @@ mod tests {
                 "1000",
                 "edge.spool_max_bytes",
             ),
+            ("TRACKER__PRIVACY__IP", "masked", "privacy.ip"),
+            ("TRACKER__PRIVACY__REFERRER", "none", "privacy.referrer"),
+            ("TRACKER__PRIVACY__OPT_OUT", "yes", "privacy.opt_out"),
+            ("TRACKER__PRIVACY__IPV4_PREFIX", "33", "privacy.ipv4_prefix"),
+            (
+                "TRACKER__PRIVACY__IPV6_PREFIX",
+                "129",
+                "privacy.ipv6_prefix",
+            ),
+            ("TRACKER__PRIVACY__IPV6_PREFIX", "-1", "privacy.ipv6_prefix"),
+            (
+                "TRACKER__PRIVACY__HONOUR_DNT",
+                "sometimes",
+                "privacy.honour_dnt",
+            ),
+            (
+                "TRACKER__PRIVACY__HASH_KEY_FILE",
+                "/etc/key",
+                "privacy.hash_key_file",
+            ),
         ];
         for (var, value, key) in cases {
             let err = load(&[(var, value)]).unwrap_err().to_string();
             assert!(err.contains(key), "{var}={value}: {err}");
         }
+    }
+
+    #[test]
+    fn privacy_defaults_keep_everything_and_modes_load() {
+        let defaults = load(&[]).unwrap().privacy;
+        assert_eq!(
+            (defaults.ip, defaults.referrer, defaults.opt_out),
+            (IpMode::Full, ReferrerMode::Full, OptOutMode::Ignore)
+        );
+        assert_eq!((defaults.ipv4_prefix, defaults.ipv6_prefix), (24, 48));
+        let privacy = load(&[
+            ("TRACKER__PRIVACY__IP", "hash"),
+            ("TRACKER__PRIVACY__HASH_KEY_FILE", "/etc/key"),
+            ("TRACKER__PRIVACY__REFERRER", "strip_query"),
+            ("TRACKER__PRIVACY__OPT_OUT", "skip"),
+            ("TRACKER__PRIVACY__HONOUR_GPC", "false"),
+            ("TRACKER__PRIVACY__IPV6_PREFIX", "0"),
+        ])
+        .unwrap()
+        .privacy;
+        assert_eq!(
+            (privacy.ip, privacy.referrer, privacy.opt_out),
+            (IpMode::Hash, ReferrerMode::StripQuery, OptOutMode::Skip)
+        );
+        assert!(!privacy.honour_gpc && privacy.honour_dnt);
+        assert_eq!(privacy.ipv6_prefix, 0);
+        let err = load(&[
+            ("TRACKER__PRIVACY__OPT_OUT", "anonymize"),
+            ("TRACKER__PRIVACY__HONOUR_GPC", "false"),
+            ("TRACKER__PRIVACY__HONOUR_DNT", "false"),
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("privacy.opt_out"), "{err}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod configuration;
 mod connection;
 mod forwarded;
 pub mod https;
+pub mod privacy;
 mod proxy_protocol;
 mod publisher;
 pub mod queue;
@@ -27,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::configuration::Settings;
 use crate::https::Certificate;
+use crate::privacy::Privacy;
 use crate::publisher::Publisher;
 use crate::routes::{RequestCounters, Tracker};
 use crate::spool::Spool;
@@ -80,6 +82,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // First, so that no metric is recorded before the recorder exists.
     let metrics = common::metrics::handle();
+    let privacy = Privacy::new(&settings.privacy)?;
     let spool = match &settings.edge.spool_dir {
         Some(dir) => Some(
             Spool::open(dir, settings.edge.spool_max_bytes)
@@ -104,6 +107,7 @@ pub async fn run(
         edge_id: settings.edge.id.clone(),
         max_field_bytes: settings.edge.max_field_bytes,
         trusted_proxies: settings.http.trusted_proxies(),
+        privacy,
         broker_connected,
         metrics,
         requests: RequestCounters::register(),
@@ -128,6 +132,7 @@ pub async fn run(
     tracing::info!(
         http = ?listeners.http.as_ref().map(TcpListener::local_addr).transpose()?,
         https = ?https.as_ref().map(|(l, _, _)| l.local_addr()).transpose()?,
+        privacy = %tracker.privacy,
         "pixel edge started"
     );
     let (https, mut reloader) = match https {

@@ -17,6 +17,7 @@ use warp::reply::{Reply, Response};
 use warp::Filter;
 
 use crate::forwarded::TrustedProxies;
+use crate::privacy::{Privacy, Rules};
 use crate::queue::VisitQueue;
 use crate::server::Peer;
 
@@ -41,6 +42,8 @@ pub struct Tracker {
     pub max_field_bytes: usize,
     /// Whose `X-Forwarded-For`/`Forwarded` names the visitor (`http.trusted_proxies`).
     pub trusted_proxies: TrustedProxies,
+    /// What is kept of each visit (`privacy.*`).
+    pub privacy: Privacy,
     /// Set by the publisher while it has a broker connection.
     pub broker_connected: Arc<AtomicBool>,
     pub metrics: PrometheusHandle,
@@ -51,6 +54,8 @@ pub struct Tracker {
 /// labels on every request cost more than the rest of the bookkeeping.
 pub struct RequestCounters {
     visit: Counter,
+    /// GETs not recorded because of an opt-out signal (`privacy.opt_out = skip`).
+    opted_out: Counter,
     head: Counter,
     method_not_allowed: Counter,
     not_found: Counter,
@@ -62,6 +67,7 @@ impl RequestCounters {
         let outcome = |outcome: &'static str| metrics::counter!("tracker_edge_requests_total", "outcome" => outcome);
         Self {
             visit: outcome("visit"),
+            opted_out: outcome("opted_out"),
             head: outcome("head"),
             method_not_allowed: outcome("method_not_allowed"),
             not_found: outcome("not_found"),
@@ -81,8 +87,13 @@ pub fn routes(tracker: Arc<Tracker>) -> BoxedFilter<(Response,)> {
             |method: Method, headers: HeaderMap, peer: Option<Peer>, tracker: Arc<Tracker>| {
                 match method {
                     Method::GET => {
-                        tracker.requests.visit.increment(1);
-                        tracker.record(&headers, peer);
+                        match tracker.privacy.rules(&headers) {
+                            Some(rules) => {
+                                tracker.requests.visit.increment(1);
+                                tracker.record(&headers, peer, rules);
+                            }
+                            None => tracker.requests.opted_out.increment(1),
+                        }
                         pixel()
                     }
                     Method::HEAD => {
@@ -124,22 +135,21 @@ pub fn routes(tracker: Arc<Tracker>) -> BoxedFilter<(Response,)> {
 }
 
 impl Tracker {
-    fn record(&self, headers: &HeaderMap, peer: Option<Peer>) {
+    fn record(&self, headers: &HeaderMap, peer: Option<Peer>, rules: Rules<'_>) {
         let ts = Utc::now();
         let Some(peer) = peer else {
             tracing::warn!("request without a peer address is not a visit");
             return;
         };
-        let header_text = |name| {
-            headers.get(name).and_then(|v: &HeaderValue| {
-                HeaderText::new(line::truncate(v.as_bytes(), self.max_field_bytes))
-            })
-        };
+        let capped = |value: &[u8]| HeaderText::new(line::truncate(value, self.max_field_bytes));
+        let header = |name| headers.get(name).map(HeaderValue::as_bytes);
+        let referrer = header(header::REFERER).and_then(|value| rules.referrer(value));
         let visit = Visit::new(
             ts,
-            header_text(header::REFERER),
-            header_text(header::USER_AGENT),
-            self.visitor_address(peer, headers).into(),
+            referrer.and_then(|value| capped(&value)),
+            header(header::USER_AGENT).and_then(capped),
+            // Privacy applies to the final address, after PROXY protocol and X-Forwarded-For.
+            rules.ip(self.visitor_address(peer, headers), ts),
             &self.edge_id,
         );
         let mut encoded = Vec::with_capacity(256);
