@@ -32,6 +32,8 @@ fn a_bad_setting_stops_start_up_naming_the_key() {
             "mqtt.password_file",
         ),
         ("TRACKER__HTTPS__LISTEN", "0.0.0.0:8443", "https.cert_file"),
+        ("TRACKER__PRIVACY__IP", "masked", "privacy.ip"),
+        ("TRACKER__PRIVACY__IPV4_PREFIX", "33", "privacy.ipv4_prefix"),
     ] {
         let output = edge().env(var, value).output().unwrap();
         assert!(!output.status.success(), "{var}={value} was accepted");
