@@ -126,6 +126,9 @@ pub struct MqttSettings {
     /// Each connection attempt (TCP, TLS and the CONNACK) is given up after this long; it must cover
     /// a few round trips (TLS alone takes two).
     pub connect_timeout_secs: u64,
+    /// Base topic of the sink's receipts: `{receipt_topic}/{edge.id}` says up to which sequence number
+    /// that edge's visits are durably in the log (retained, so an edge reads it on every connect).
+    pub receipt_topic: String,
 }
 
 impl Default for MqttSettings {
@@ -144,6 +147,7 @@ impl Default for MqttSettings {
             topic: "tracker/visits".into(),
             keep_alive_secs: 15,
             connect_timeout_secs: 5,
+            receipt_topic: "tracker/receipts".into(),
         }
     }
 }
@@ -169,11 +173,25 @@ impl MqttSettings {
                 "must not be empty when set",
             ));
         }
-        let topic = &self.topic;
-        if topic.is_empty() || topic.ends_with('/') || topic.contains(['+', '#', '\0']) {
+        for (key, topic) in [
+            ("mqtt.topic", &self.topic),
+            ("mqtt.receipt_topic", &self.receipt_topic),
+        ] {
+            if topic.is_empty() || topic.ends_with('/') || topic.contains(['+', '#', '\0']) {
+                return Err(SettingsError::invalid(
+                    key,
+                    format!(
+                        "{topic:?} must be a non-empty topic without wildcards or a trailing '/'"
+                    ),
+                ));
+            }
+        }
+        let below =
+            |topic: &str, base: &str| topic == base || topic.starts_with(&format!("{base}/"));
+        if below(&self.receipt_topic, &self.topic) || below(&self.topic, &self.receipt_topic) {
             return Err(SettingsError::invalid(
-                "mqtt.topic",
-                format!("{topic:?} must be a non-empty topic without wildcards or a trailing '/'"),
+                "mqtt.receipt_topic",
+                "must lie outside mqtt.topic (and mqtt.topic outside it): the sink reads all of mqtt.topic",
             ));
         }
         if !(5..=u64::from(u16::MAX)).contains(&self.keep_alive_secs) {

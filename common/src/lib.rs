@@ -3,6 +3,7 @@
 //! (layered settings, logging, shutdown signals, task supervision).
 
 pub mod backoff;
+pub mod blocking;
 pub mod configuration;
 pub mod line;
 pub mod metrics;

@@ -7,6 +7,10 @@
 //! UTF-8, and `{"b64":"<standard base64>"}` when it was not, so any byte a client sent arrives intact.
 //! `ip` is an address, or `hash-` and 32 hex digits under the edge's `privacy.ip = hash` (see
 //! [`crate::visitor_ip`]); older v1 events, addresses only, read as they always did.
+//!
+//! An edge with a spool adds `"seq":<n>` as the last field: its own sequence number for the event, which
+//! only grows, so the sink can recognise a redelivery exactly (see [`append_with_seq`]). The field is
+//! optional: events without it (older edges, an edge without a spool, hand-published) stay valid v1.
 
 use std::borrow::Cow;
 
@@ -46,9 +50,52 @@ pub fn encode_event(visit: &Visit, out: &mut Vec<u8>) {
     out.push(b'\n');
 }
 
+/// The field [`append_with_seq`] puts before the closing brace.
+const SEQ_FIELD: &[u8] = b",\"seq\":";
+
+/// Appends the event `line` (as [`encode_event`] wrote it, newline included) to `out` with `"seq":seq`
+/// as its last field, replacing a sequence number it already carried.
+pub fn append_with_seq(line: &[u8], seq: u64, out: &mut Vec<u8>) {
+    let line = line.trim_ascii_end();
+    // Without the closing brace, and without an earlier sequence number.
+    let fields_end = seq_field_start(line).unwrap_or(line.len().saturating_sub(1));
+    out.extend_from_slice(&line[..fields_end]);
+    out.extend_from_slice(SEQ_FIELD);
+    out.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
+    out.extend_from_slice(b"}\n");
+}
+
+/// The sequence number [`append_with_seq`] gave the event `line`, read from its end without parsing it.
+pub fn trailing_seq(line: &[u8]) -> Option<u64> {
+    let line = line.trim_ascii_end();
+    let digits = &line[seq_field_start(line)? + SEQ_FIELD.len()..line.len() - 1];
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// Where a trailing `,"seq":<digits>}` starts in a trimmed event line. A string value cannot end that
+/// way: its quotes would be escaped.
+fn seq_field_start(line: &[u8]) -> Option<usize> {
+    let inner = line.strip_suffix(b"}")?;
+    let digits = inner
+        .iter()
+        .rev()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    let before_digits = &inner[..inner.len() - digits];
+    (digits > 0 && before_digits.ends_with(SEQ_FIELD))
+        .then(|| before_digits.len() - SEQ_FIELD.len())
+}
+
+/// A decoded event: the visit, and the sending edge's sequence number for it when it has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub visit: Visit,
+    pub seq: Option<u64>,
+}
+
 /// Splits a message into its event lines (blank lines are skipped) and decodes each one on its own,
 /// so one bad line does not cost the good ones.
-pub fn decode_message(payload: &[u8]) -> impl Iterator<Item = (&[u8], Result<Visit, EventError>)> {
+pub fn decode_message(payload: &[u8]) -> impl Iterator<Item = (&[u8], Result<Event, EventError>)> {
     let ends = memchr::memchr_iter(b'\n', payload).chain([payload.len()]);
     ends.scan(0, |start, end| {
         let line = &payload[*start..end];
@@ -60,15 +107,18 @@ pub fn decode_message(payload: &[u8]) -> impl Iterator<Item = (&[u8], Result<Vis
 }
 
 /// Decodes one JSON event; the visit's IP is canonical (IPv4-mapped IPv6 becomes IPv4).
-pub fn decode_event(line: &[u8]) -> Result<Visit, EventError> {
+pub fn decode_event(line: &[u8]) -> Result<Event, EventError> {
     match serde_json::from_slice::<EventIn>(line) {
-        Ok(event) if event.v == EVENT_VERSION => Ok(Visit {
-            id: event.id,
-            ts: event.ts,
-            referrer: event.referrer.and_then(WireHeader::into_header),
-            user_agent: event.user_agent.and_then(WireHeader::into_header),
-            ip: event.ip,
-            edge: event.edge,
+        Ok(event) if event.v == EVENT_VERSION => Ok(Event {
+            visit: Visit {
+                id: event.id,
+                ts: event.ts,
+                referrer: event.referrer.and_then(WireHeader::into_header),
+                user_agent: event.user_agent.and_then(WireHeader::into_header),
+                ip: event.ip,
+                edge: event.edge,
+            },
+            seq: event.seq,
         }),
         Ok(event) => Err(EventError::UnsupportedVersion(event.v.to_string())),
         Err(err) => Err(version_error(line).unwrap_or(EventError::Invalid(err))),
@@ -108,6 +158,8 @@ struct EventIn {
     user_agent: Option<WireHeader>,
     ip: VisitorIp,
     edge: String,
+    #[serde(default)]
+    seq: Option<u64>,
 }
 
 impl Serialize for HeaderText {
@@ -195,6 +247,8 @@ mod tests {
         assert_eq!(line.last(), Some(&b'\n'));
 
         let decoded = decode_event(line.trim_ascii_end()).unwrap();
+        assert_eq!(decoded.seq, None);
+        let decoded = decoded.visit;
         let cut_to_100ns = original.ts.timestamp_nanos_opt().unwrap() / 100 * 100;
         assert_eq!(decoded.ts.timestamp_nanos_opt().unwrap(), cut_to_100ns);
         assert_eq!(
@@ -213,7 +267,7 @@ mod tests {
         let line = encoded(&original);
         let json: serde_json::Value = serde_json::from_slice(&line).unwrap();
         assert_eq!(json["user_agent"]["b64"], BASE64.encode(ua));
-        let decoded = decode_event(&line).unwrap();
+        let decoded = decode_event(&line).unwrap().visit;
         assert_eq!(decoded.user_agent.unwrap().as_bytes(), ua);
     }
 
@@ -255,7 +309,7 @@ mod tests {
         assert!(decode_event(bad.as_bytes()).is_err());
         let ok = missing.replace(r#""edge""#, r#""ip":"::ffff:8.8.8.8","edge""#);
         assert_eq!(
-            decode_event(ok.as_bytes()).unwrap().ip.to_string(),
+            decode_event(ok.as_bytes()).unwrap().visit.ip.to_string(),
             "8.8.8.8"
         );
         let forged = missing.replace(r#""edge""#, r#""ip":"hash-1|2.2.2.2\n","edge""#);
@@ -270,7 +324,7 @@ mod tests {
         let line = encoded(&original);
         let json: serde_json::Value = serde_json::from_slice(&line).unwrap();
         assert_eq!(json["ip"], hash);
-        assert_eq!(decode_event(&line).unwrap().ip, original.ip);
+        assert_eq!(decode_event(&line).unwrap().visit.ip, original.ip);
     }
 
     #[test]
@@ -279,7 +333,9 @@ mod tests {
         let base = format!(
             r#"{{"v":1,"id":"{id}","ts":"2022-12-19T14:16:49Z","ip":"8.8.8.8","edge":"e","referrer":"""#
         );
-        let visit = decode_event(format!(r#"{base}}}"#).as_bytes()).unwrap();
+        let visit = decode_event(format!(r#"{base}}}"#).as_bytes())
+            .unwrap()
+            .visit;
         assert_eq!(visit.referrer, None);
         let bad = base.replace(r#""referrer":"""#, r#""referrer":{"b64":"%%%"}"#);
         assert!(decode_event(format!("{bad}}}").as_bytes()).is_err());
@@ -297,11 +353,36 @@ mod tests {
             )
         };
         let bytes = with_referrer(r#"{"later":1,"b64":"/w=="}"#).unwrap();
-        assert_eq!(bytes.referrer.unwrap().as_bytes(), b"\xff");
-        assert_eq!(with_referrer("null").unwrap().referrer, None);
+        assert_eq!(bytes.visit.referrer.unwrap().as_bytes(), b"\xff");
+        assert_eq!(with_referrer("null").unwrap().visit.referrer, None);
         for bad in ["42", "[]", r#"{"b46":"/w=="}"#, r#"{"b64":7}"#] {
             let err = with_referrer(bad).unwrap_err().to_string();
             assert!(err.contains("not a v1 visit event"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn a_sequence_number_is_added_replaced_and_read_back() {
+        let original = visit(None, Some(br#"ends like a field ,"seq":5}"#));
+        let line = encoded(&original);
+        assert_eq!(
+            trailing_seq(&line),
+            None,
+            "a string cannot pass for the field"
+        );
+        let mut once = Vec::new();
+        append_with_seq(&line, 41, &mut once);
+        assert!(
+            once.ends_with(b",\"seq\":41}\n"),
+            "{}",
+            String::from_utf8_lossy(&once)
+        );
+        assert_eq!(trailing_seq(&once), Some(41));
+        let mut again = Vec::new();
+        append_with_seq(&once, 18446744073709551615, &mut again);
+        assert_eq!(trailing_seq(&again), Some(u64::MAX));
+        let decoded = decode_event(&again).unwrap();
+        assert_eq!(decoded.seq, Some(u64::MAX));
+        assert_eq!(decoded.visit.user_agent, original.user_agent);
     }
 }

@@ -8,7 +8,8 @@ pub const MAX_BATCH_BYTES: usize = 256 * 1024;
 pub struct Batch {
     pub payload: Bytes,
     pub visits: usize,
-    /// The spool segment holding this batch, if it was spooled; it may be deleted once every batch
-    /// read from it is acknowledged.
-    pub segment: Option<u64>,
+    /// Read from the spool (so safe on disk), rather than held in memory only.
+    pub spooled: bool,
+    /// Sequence number of its last event; `None` for a batch held in memory (its events carry none).
+    pub last_seq: Option<u64>,
 }

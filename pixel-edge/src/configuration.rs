@@ -105,8 +105,12 @@ pub struct EdgeSettings {
     pub queue_capacity: usize,
     /// On shutdown, how long the edge keeps trying to deliver what it holds before it gives up.
     pub drain_timeout_secs: u64,
-    /// Where visits wait on disk until the broker has them; unset, they wait in memory only.
+    /// Where visits wait on disk until they are confirmed. Unset: `spool/{edge.id}` in the working
+    /// directory with `edge.receipts`, and no spool (visits wait in memory only) without.
     pub spool_dir: Option<PathBuf>,
+    /// Keep each visit until the sink's receipt says it is in the log, not only until the broker's
+    /// PUBACK, so that even a broker crash loses nothing. Needs a spool; `false` for an edge without a disk.
+    pub receipts: bool,
     /// The spool's bound; once it is full, new visits wait in the queue, then are dropped and counted.
     pub spool_max_bytes: u64,
     /// Referrer and user-agent are cut to this many bytes before they are queued.
@@ -121,6 +125,7 @@ impl Default for EdgeSettings {
             queue_capacity: 100_000,
             drain_timeout_secs: 10,
             spool_dir: None,
+            receipts: true,
             spool_max_bytes: 256 * 1024 * 1024,
             max_field_bytes: 4096,
         }
@@ -208,6 +213,10 @@ impl Settings {
         if settings.edge.id.is_empty() {
             settings.edge.id = settings.default_edge_id();
         }
+        if settings.edge.receipts && settings.edge.spool_dir.is_none() {
+            // What an operator would expect: one spool per edge, so two edges on a host never share one.
+            settings.edge.spool_dir = Some(PathBuf::from("spool").join(&settings.edge.id));
+        }
         settings.validate()?;
         Ok(settings)
     }
@@ -242,6 +251,12 @@ impl Settings {
                     format!("{id:?} must be {user:?} or start with \"{user}/\": the broker lets user {user:?} publish only there"),
                 ));
             }
+        }
+        if self.edge.receipts && self.edge.spool_dir.is_none() {
+            return Err(SettingsError::invalid(
+                "edge.receipts",
+                "needs edge.spool_dir: visits wait on disk until the sink confirms them",
+            ));
         }
         if self.edge.spool_max_bytes < 1024 * 1024 {
             return Err(SettingsError::invalid(
@@ -319,6 +334,11 @@ impl Settings {
     /// The MQTT topic this edge publishes to.
     pub fn topic(&self) -> String {
         format!("{}/{}", self.mqtt.topic, self.edge.id)
+    }
+
+    /// Where the sink confirms this edge's visits.
+    pub fn receipt_topic(&self) -> String {
+        format!("{}/{}", self.mqtt.receipt_topic, self.edge.id)
     }
 
     /// The broker client id: `mqtt.client_id`, or `pixel-edge-{edge.id}`.
@@ -412,6 +432,14 @@ mod tests {
         assert_eq!(settings.mqtt.port, 1884);
         assert_eq!(settings.http.listen, "[::]:8080".parse().unwrap());
         assert_eq!(settings.topic(), "tracker/visits/edge-eu-1");
+        assert_eq!(settings.receipt_topic(), "tracker/receipts/edge-eu-1");
+        assert_eq!(
+            settings.edge.spool_dir,
+            Some(PathBuf::from("spool/edge-eu-1")),
+            "receipts are on by default, with a spool per edge id"
+        );
+        let diskless = load(&[("TRACKER__EDGE__RECEIPTS", "false")]).unwrap();
+        assert_eq!(diskless.edge.spool_dir, None);
         assert_eq!(settings.client_id(), "pixel-edge-edge-eu-1");
     }
 

@@ -83,13 +83,17 @@ pub async fn run(
     // First, so that no metric is recorded before the recorder exists.
     let metrics = common::metrics::handle();
     let privacy = Privacy::new(&settings.privacy)?;
-    let spool = match &settings.edge.spool_dir {
-        Some(dir) => Some(
-            Spool::open(dir, settings.edge.spool_max_bytes)
-                .with_context(|| format!("opening edge.spool_dir {}", dir.display()))?,
-        ),
+    let spool = match settings.edge.spool_dir.clone() {
+        Some(dir) => {
+            let max_bytes = settings.edge.spool_max_bytes;
+            let opened = tokio::task::spawn_blocking(move || {
+                Spool::open(&dir, max_bytes)
+                    .with_context(|| format!("opening edge.spool_dir {}", dir.display()))
+            });
+            Some(opened.await??)
+        }
         None => {
-            tracing::warn!("no edge.spool_dir: visits wait in memory only and are lost if the edge stops while the broker is away");
+            tracing::warn!("edge.receipts is off and there is no edge.spool_dir: visits wait in memory only and are lost if the edge stops while the broker is away, or if the broker crashes");
             None
         }
     };

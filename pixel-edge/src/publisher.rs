@@ -1,17 +1,22 @@
 //! The single publisher: takes visits from the queue, packs what is waiting into NDJSON batches,
-//! publishes them at QoS 1 to `{mqtt.topic}/{edge.id}` and keeps every batch until the broker's PUBACK
-//! for it. Whatever a lost connection leaves unacknowledged is sent again on the next one.
+//! publishes them at QoS 1 to `{mqtt.topic}/{edge.id}` and keeps every batch until it is confirmed.
 //!
-//! Without a spool, visits wait in the bounded in-memory queue while the broker is away. With one,
-//! every batch is first appended to the spool (and synced), and what is published is read back from it.
+//! With a spool, every batch is first appended to it (numbered and synced), and what is published is
+//! read back from it. With receipts (`edge.receipts`, the default) a batch is confirmed by the sink's
+//! retained receipt on `{mqtt.receipt_topic}/{edge.id}`, which the edge subscribes to on every
+//! connection; after every reconnect the edge sends again, in order, all the sink has not confirmed,
+//! since a broker that crashed may have lost what it acknowledged. Without receipts the broker's PUBACK
+//! confirms a batch, and only what a lost connection left unacknowledged is sent again. Without a
+//! spool, visits wait in the bounded in-memory queue while the broker is away.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use common::blocking::on_blocking_pool;
 use common::configuration::SettingsError;
-use rumqttc::v5::mqttbytes::v5::PubAckReason;
+use rumqttc::v5::mqttbytes::v5::{PubAckReason, Publish, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{Event, Incoming, MqttOptions};
 use rumqttc::Outgoing;
@@ -28,22 +33,32 @@ use crate::spool::Spool;
 /// Batches published but not yet acknowledged. Small on purpose: while two wait for their PUBACK, new
 /// visits gather into the next batch, so under load a message carries dozens of visits (16 gave ~5
 /// per message and tripled the broker's CPU per visit, see bench/RESULTS.md), while an idle edge still
-/// sends each visit at once. Two 256 KiB batches per round trip leave room for ~10 MB/s at 50 ms.
+/// sends each visit at once.
 const WINDOW: usize = 2;
 /// After the broker refuses a batch (e.g. "no matching subscribers"), wait this long before trying again.
 const REFUSED_PAUSE: Duration = Duration::from_secs(1);
+/// Batches held in memory because the spool failed (or there is none) stop the publisher taking more
+/// visits at this size: new visits then wait in the queue, and past it are dropped and counted.
+const MAX_OUTBOX_BYTES: usize = 16 * 1024 * 1024;
+/// How often the age of the oldest unconfirmed visit is brought up to date.
+const METRICS_EVERY: Duration = Duration::from_secs(1);
 
 pub struct Publisher {
     options: MqttOptions,
     topic: String,
+    /// `Some` with `edge.receipts`: where the sink confirms this edge's visits.
+    receipt_topic: Option<String>,
     queue: mpsc::Receiver<EncodedVisit>,
+    /// `None` without a spool, and while a spool call runs on the blocking pool.
     spool: Option<Spool>,
     /// Shared with `/readyz`: true between the CONNACK and the loss of the connection.
     broker_connected: Arc<AtomicBool>,
     /// Set once the queue is closed and empty: no visit will come any more.
     queue_done: bool,
-    /// Batches waiting to be published, oldest first: new ones and those to send again.
+    /// Batches waiting to be published, oldest first: those held in memory, and those to send again.
     outbox: VecDeque<Batch>,
+    /// Payload bytes in `outbox`, bounded by [`MAX_OUTBOX_BYTES`].
+    outbox_bytes: usize,
     /// Handed to rumqttc (when, and what), in order; each gets its packet id when rumqttc reports it sent.
     submitted: VecDeque<(Instant, Batch)>,
     /// Sent, waiting for their PUBACK.
@@ -54,6 +69,8 @@ pub struct Publisher {
     retry_delays: Box<dyn Iterator<Item = Duration> + Send>,
     /// Set after a refused batch: publish nothing until then.
     paused_until: Option<Instant>,
+    /// The highest sequence number a receipt confirmed.
+    confirmed: Option<u64>,
     delivered: u64,
 }
 
@@ -71,7 +88,7 @@ impl Publisher {
         );
         options.set_keep_alive(settings.mqtt.keep_alive());
         options.set_connection_timeout(settings.mqtt.connect_timeout_secs);
-        // The edge keeps no broker session: it resends what was not acked itself (see `connection`).
+        // The edge keeps no broker session: it resends what was not confirmed itself (see `connection`).
         options.set_clean_start(true);
         // rumqttc sizes a table by this limit (u16::MAX by default: 14 MB); the window never needs more.
         options.set_outgoing_inflight_upper_limit(WINDOW as u16);
@@ -82,37 +99,42 @@ impl Publisher {
         Ok(Self {
             options,
             topic: settings.topic(),
+            receipt_topic: settings.edge.receipts.then(|| settings.receipt_topic()),
             queue,
             spool,
             broker_connected,
             queue_done: false,
             outbox: VecDeque::new(),
+            outbox_bytes: 0,
             submitted: VecDeque::new(),
             in_flight: HashMap::new(),
             connection: None,
             reconnect_at: Instant::now(),
             retry_delays: Box::new(common::backoff::retry_delays()),
             paused_until: None,
+            confirmed: None,
             delivered: 0,
         })
     }
 
-    /// Publishes until `stop` is cancelled and everything held is delivered, or `drain_timeout` after
+    /// Publishes until `stop` is cancelled and everything held is confirmed, or `drain_timeout` after
     /// `stop` has passed; then logs what it could not deliver.
     pub async fn run(mut self, stop: CancellationToken, drain_timeout: Duration) {
         let mut drain_deadline: Option<Instant> = None;
+        let mut metrics_tick = tokio::time::interval(METRICS_EVERY);
         loop {
-            self.publish_what_fits();
+            self.publish_what_fits().await;
             if drain_deadline.is_some() && self.queue_done && self.holds_nothing() {
                 break;
             }
             let can_take = !self.queue_done
+                && self.outbox_bytes < MAX_OUTBOX_BYTES
                 && match &self.spool {
                     Some(spool) => spool.has_room(),
                     None => self.can_publish() && self.window_has_room(),
                 };
             tokio::select! {
-                event = next_event(&mut self.connection) => self.on_event(event),
+                event = next_event(&mut self.connection) => self.on_event(event).await,
                 _ = sleep_until(self.reconnect_at), if self.connection.is_none() => self.connect(),
                 _ = sleep_until(self.paused_until.unwrap_or_else(Instant::now)), if self.paused_until.is_some() => {
                     self.paused_until = None;
@@ -120,7 +142,7 @@ impl Publisher {
                 visit = self.queue.recv(), if can_take => match visit {
                     Some(first) => {
                         let batch = self.fill_batch(first);
-                        self.hold(batch);
+                        self.hold(batch).await;
                     }
                     None => self.queue_done = true,
                 },
@@ -131,6 +153,7 @@ impl Publisher {
                     tracing::info!(in_memory = self.visits_in_memory_only(), "draining before shutdown");
                 }
                 _ = sleep_until(drain_deadline.unwrap_or_else(Instant::now)), if drain_deadline.is_some() => break,
+                _ = metrics_tick.tick() => self.record_spool_metrics(),
             }
         }
         self.finish().await
@@ -153,7 +176,7 @@ impl Publisher {
         self.outbox.is_empty()
             && self.submitted.is_empty()
             && self.in_flight.is_empty()
-            && !self.spool.as_ref().is_some_and(Spool::holds_visits)
+            && !self.spool.as_ref().is_some_and(Spool::holds_unconfirmed)
     }
 
     /// Visits held in memory only: those a stop now would lose.
@@ -163,42 +186,91 @@ impl Publisher {
             .iter()
             .chain(self.submitted.iter().map(|(_, b)| b))
             .chain(self.in_flight.values().map(|(_, b)| b))
-            .filter(|b| b.segment.is_none());
+            .filter(|b| !b.spooled);
         (batches.map(|b| b.visits).sum::<usize>() + self.queue.len()) as u64
+    }
+
+    /// Runs `work` on the spool on the blocking pool; `None` without a spool.
+    async fn with_spool<T: Send + 'static>(
+        &mut self,
+        work: impl FnOnce(&mut Spool) -> T + Send + 'static,
+    ) -> Option<T> {
+        let spool = self.spool.take()?;
+        let (spool, out) = on_blocking_pool(spool, work).await;
+        self.spool = Some(spool);
+        Some(out)
     }
 
     /// A new batch waits in the spool when there is one, in memory otherwise (also when the spool
     /// fails: the visits are then not lost, only no longer safe from a restart).
-    fn hold(&mut self, batch: Batch) {
-        if let Some(spool) = &mut self.spool {
-            // The sync takes a while: let the runtime move other tasks off this thread meanwhile.
-            match tokio::task::block_in_place(|| spool.append(&batch.payload)) {
-                Ok(()) => {
-                    metrics::gauge!("tracker_edge_spool_bytes").set(spool.bytes() as f64);
-                    return;
-                }
-                Err(err) => tracing::error!(
+    async fn hold(&mut self, batch: Batch) {
+        let payload = batch.payload.clone();
+        match self.with_spool(move |spool| spool.append(&payload)).await {
+            Some(Ok(())) => self.record_spool_metrics(),
+            Some(Err(err)) => {
+                tracing::error!(
                     visits = batch.visits,
                     "could not spool a batch, holding it in memory: {err}"
-                ),
+                );
+                self.push_outbox(batch);
             }
+            None => self.push_outbox(batch),
         }
-        self.outbox.push_back(batch);
     }
 
-    /// The next batch to publish: one waiting to be sent (again), else the spool's next, else (without
-    /// a spool) what the queue holds.
-    fn next_batch(&mut self) -> Option<Batch> {
-        if let Some(batch) = self.outbox.pop_front() {
+    fn push_outbox(&mut self, batch: Batch) {
+        let was_full = self.outbox_bytes >= MAX_OUTBOX_BYTES;
+        self.outbox_bytes += batch.payload.len();
+        self.outbox.push_back(batch);
+        self.record_outbox();
+        if !was_full && self.outbox_bytes >= MAX_OUTBOX_BYTES {
+            tracing::warn!(
+                outbox_bytes = self.outbox_bytes,
+                "the in-memory outbox is full: new visits wait in the queue, and are dropped and counted once it is full too"
+            );
+        }
+    }
+
+    fn pop_outbox(&mut self) -> Option<Batch> {
+        let batch = self.outbox.pop_front()?;
+        self.outbox_bytes -= batch.payload.len();
+        self.record_outbox();
+        Some(batch)
+    }
+
+    /// Puts a batch that was handed out back at the front, to be published first.
+    fn unpop_outbox(&mut self, batch: Batch) {
+        self.outbox_bytes += batch.payload.len();
+        self.outbox.push_front(batch);
+        self.record_outbox();
+    }
+
+    fn record_outbox(&self) {
+        metrics::gauge!("tracker_edge_outbox_bytes").set(self.outbox_bytes as f64);
+    }
+
+    fn record_spool_metrics(&self) {
+        let Some(spool) = &self.spool else { return };
+        metrics::gauge!("tracker_edge_spool_bytes").set(spool.bytes() as f64);
+        metrics::gauge!("tracker_edge_unconfirmed_visits").set(spool.unconfirmed_visits() as f64);
+        let age = spool
+            .oldest_unconfirmed()
+            .and_then(|since| SystemTime::now().duration_since(since).ok());
+        metrics::gauge!("tracker_edge_unconfirmed_oldest_seconds")
+            .set(age.unwrap_or_default().as_secs_f64());
+    }
+
+    /// The next batch to publish: one waiting in memory, else the spool's next, else (without a
+    /// spool) what the queue holds.
+    async fn next_batch(&mut self) -> Option<Batch> {
+        if let Some(batch) = self.pop_outbox() {
             return Some(batch);
         }
-        match &mut self.spool {
-            Some(spool) => {
-                tokio::task::block_in_place(|| spool.next_batch()).unwrap_or_else(|err| {
-                    tracing::error!("could not read the spool: {err}");
-                    None
-                })
-            }
+        match self.with_spool(Spool::next_batch).await {
+            Some(read) => read.unwrap_or_else(|err| {
+                tracing::error!("could not read the spool: {err}");
+                None
+            }),
             None => {
                 let first = self.queue.try_recv().ok()?;
                 Some(self.fill_batch(first))
@@ -207,9 +279,9 @@ impl Publisher {
     }
 
     /// Hands batches to rumqttc while the window has room: first those waiting, then new ones.
-    fn publish_what_fits(&mut self) {
+    async fn publish_what_fits(&mut self) {
         while self.can_publish() && self.window_has_room() {
-            let Some(batch) = self.next_batch() else {
+            let Some(batch) = self.next_batch().await else {
                 return;
             };
             let client = &self.connection.as_ref().expect("connected").client;
@@ -222,7 +294,7 @@ impl Publisher {
                 Err(err) => {
                     // Not sent is not lost: the batch waits for the next try.
                     tracing::debug!("publish not accepted by the client: {err}");
-                    self.outbox.push_front(batch);
+                    self.unpop_outbox(batch);
                     return;
                 }
             }
@@ -245,7 +317,8 @@ impl Publisher {
         Batch {
             payload: payload.into(),
             visits,
-            segment: None,
+            spooled: false,
+            last_seq: None,
         }
     }
 
@@ -254,13 +327,19 @@ impl Publisher {
         self.connection = Some(Connection::open(self.options.clone(), 2 * WINDOW + 8));
     }
 
-    fn on_event(&mut self, event: Option<LinkEvent>) {
+    async fn on_event(&mut self, event: Option<LinkEvent>) {
         match event {
             Some(Ok(Event::Incoming(Incoming::ConnAck(_)))) => {
                 tracing::info!(topic = %self.topic, "connected to the broker");
                 self.set_connected(true);
                 self.retry_delays = Box::new(common::backoff::retry_delays());
+                self.subscribe_to_receipts();
             }
+            // rumqttc 0.25 tells a publish's packet id only by this event, which comes for each
+            // request in the order the requests were made (one fresh event loop per connection, and
+            // this task alone publishes). Upstream rumqtt#1007 / #1049 would return it from `publish`.
+            // With receipts, a PUBACK only frees room in the window: what is kept or deleted follows
+            // the sequence numbers the sink confirms, never this pairing.
             Some(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => {
                 if let Some(sent) = self.submitted.pop_front() {
                     self.in_flight.insert(pkid, sent);
@@ -271,22 +350,21 @@ impl Publisher {
                     return;
                 };
                 if ack.reason == PubAckReason::Success {
-                    self.delivered += batch.visits as u64;
-                    metrics::counter!("tracker_edge_visits_acknowledged_total")
-                        .increment(batch.visits as u64);
-                    metrics::histogram!("tracker_edge_publish_ack_seconds")
-                        .record(submitted_at.elapsed());
-                    if let (Some(spool), Some(segment)) = (&mut self.spool, batch.segment) {
-                        if let Err(err) = spool.acked(segment) {
-                            tracing::warn!("could not clean up the spool: {err}");
-                        }
-                        metrics::gauge!("tracker_edge_spool_bytes").set(spool.bytes() as f64);
-                    }
+                    self.on_delivered(submitted_at, batch).await;
                 } else {
-                    // Assumption: any refusal is passing (no subscriber yet, quota); keep the visits and retry.
-                    tracing::warn!(reason = ?ack.reason, visits = batch.visits, "broker refused a batch; retrying in {REFUSED_PAUSE:?}");
-                    self.outbox.push_back(batch);
-                    self.paused_until = Some(Instant::now() + REFUSED_PAUSE);
+                    self.on_refused(ack.reason, batch).await;
+                }
+            }
+            Some(Ok(Event::Incoming(Incoming::Publish(publish)))) => {
+                self.on_receipt(&publish).await
+            }
+            Some(Ok(Event::Incoming(Incoming::SubAck(ack)))) => {
+                if ack
+                    .return_codes
+                    .iter()
+                    .any(|code| !matches!(code, SubscribeReasonCode::Success(_)))
+                {
+                    tracing::error!(topic = ?self.receipt_topic, codes = ?ack.return_codes, "the broker refused the receipt subscription: visits stay in the spool until it is allowed (mosquitto/acl)");
                 }
             }
             Some(Ok(_)) => {}
@@ -295,18 +373,112 @@ impl Publisher {
         }
     }
 
+    fn subscribe_to_receipts(&self) {
+        let (Some(topic), Some(connection)) = (&self.receipt_topic, &self.connection) else {
+            return;
+        };
+        if let Err(err) = connection.client.try_subscribe(topic, QoS::AtLeastOnce) {
+            // Not fatal: the next connection subscribes again; meanwhile visits stay spooled.
+            tracing::error!("could not request the receipt subscription: {err}");
+        }
+    }
+
+    async fn on_delivered(&mut self, submitted_at: Instant, batch: Batch) {
+        self.delivered += batch.visits as u64;
+        metrics::counter!("tracker_edge_visits_acknowledged_total").increment(batch.visits as u64);
+        metrics::histogram!("tracker_edge_publish_ack_seconds").record(submitted_at.elapsed());
+        // Without receipts the PUBACK confirms; PUBACKs come in publishing order, so everything
+        // spooled before this batch is acknowledged too.
+        if let (None, Some(last_seq)) = (&self.receipt_topic, batch.last_seq) {
+            self.confirm_through(last_seq).await;
+        }
+    }
+
+    /// Assumption: any refusal is passing (no subscriber yet, quota); the visits are kept and retried.
+    /// A spooled batch is appended again with new sequence numbers, since batches published after it
+    /// may have been accepted (their numbers are higher) and the sink would take the old ones for
+    /// duplicates.
+    async fn on_refused(&mut self, reason: PubAckReason, batch: Batch) {
+        tracing::warn!(
+            ?reason,
+            visits = batch.visits,
+            "broker refused a batch; retrying in {REFUSED_PAUSE:?}"
+        );
+        self.paused_until = Some(Instant::now() + REFUSED_PAUSE);
+        if batch.spooled {
+            let payload = batch.payload.clone();
+            match self.with_spool(move |spool| spool.append(&payload)).await {
+                Some(Ok(())) => return,
+                Some(Err(err)) => tracing::error!(
+                    "could not spool a refused batch again, holding it in memory: {err}"
+                ),
+                None => {}
+            }
+        }
+        self.push_outbox(batch);
+    }
+
+    async fn on_receipt(&mut self, publish: &Publish) {
+        if self.receipt_topic.as_deref().map(str::as_bytes) != Some(&publish.topic[..]) {
+            return;
+        }
+        let Some(seq) = std::str::from_utf8(&publish.payload)
+            .ok()
+            .and_then(|text| text.trim().parse::<u64>().ok())
+        else {
+            tracing::warn!(payload = ?publish.payload, "ignored a receipt that is not a sequence number");
+            return;
+        };
+        if let Some(earlier) = self.confirmed.filter(|&earlier| seq < earlier) {
+            tracing::warn!(
+                earlier,
+                now = seq,
+                "the broker lost its state (this edge's receipt went back): sending again all the sink has not confirmed"
+            );
+        }
+        self.confirmed = Some(self.confirmed.unwrap_or(0).max(seq));
+        self.confirm_through(seq).await;
+    }
+
+    async fn confirm_through(&mut self, seq: u64) {
+        if let Some(Err(err)) = self
+            .with_spool(move |spool| spool.confirm_through(seq))
+            .await
+        {
+            tracing::warn!("could not clean up the spool: {err}");
+        }
+        self.record_spool_metrics();
+    }
+
     fn connection_lost(&mut self, why: &str) {
         let delay = self.retry_delays.next().unwrap_or(Duration::from_secs(5));
         let resend = self.submitted.len() + self.in_flight.len();
         tracing::warn!(batches_to_resend = resend, retry_in = ?delay, "broker connection lost: {why}");
-        let unacked: Vec<Batch> = self
+        let mut unacked: Vec<Batch> = self
             .submitted
             .drain(..)
             .chain(self.in_flight.drain().map(|(_, sent)| sent))
             .map(|(_, batch)| batch)
             .collect();
+        let rewind = self.receipt_topic.is_some() && self.spool.is_some();
+        if rewind {
+            // The spool sends again everything unconfirmed, in order; only memory batches stay here.
+            unacked.retain(|batch| !batch.spooled);
+            let in_memory: Vec<Batch> = self.outbox.drain(..).filter(|b| !b.spooled).collect();
+            self.outbox_bytes = 0;
+            in_memory
+                .into_iter()
+                .for_each(|batch| self.push_outbox(batch));
+            let visits = self.spool.as_mut().map_or(0, Spool::rewind);
+            if visits > 0 {
+                tracing::info!(
+                    visits,
+                    "will send again every visit the sink has not confirmed (a broker that went away may have lost them)"
+                );
+            }
+        }
         for batch in unacked.into_iter().rev() {
-            self.outbox.push_front(batch);
+            self.unpop_outbox(batch);
         }
         self.connection = None;
         self.set_connected(false);
@@ -319,11 +491,12 @@ impl Publisher {
         if self.holds_nothing() && lost == 0 {
             tracing::info!(delivered, "publisher stopped, everything delivered");
         }
-        if let Some(spool) = self.spool.as_ref().filter(|s| s.holds_visits()) {
+        if let Some(spool) = self.spool.as_ref().filter(|s| s.holds_unconfirmed()) {
             tracing::warn!(
                 delivered,
+                unconfirmed = spool.unconfirmed_visits(),
                 spool_bytes = spool.bytes(),
-                "publisher stopped; undelivered visits stay in the spool for the next start"
+                "publisher stopped; unconfirmed visits stay in the spool for the next start"
             );
         }
         if lost > 0 {

@@ -1,23 +1,39 @@
-//! The edge's optional on-disk spool (`edge.spool_dir`): visits wait here, not in memory, until the
-//! broker acknowledges them, so an edge restarted during a broker outage loses nothing.
+//! The edge's on-disk spool (`edge.spool_dir`): visits wait here, not in memory, until they are
+//! confirmed — by the sink's receipt (`edge.receipts`, the default) or by the broker's PUBACK — so an
+//! edge restarted, or a broker that lost its state, loses nothing.
 //!
-//! Append-only segments `<seq>.ndjson` hold whole batches (NDJSON lines), each appended and
-//! `fdatasync`ed before it is published. Batches are read back oldest first; a segment is deleted once
-//! it is read to its end and every batch read from it is acknowledged. At start-up every segment left
-//! is replayed from its start: a batch acknowledged just before a stop is sent again, and the sink drops
-//! the duplicate by event id. The spool is bounded by `edge.spool_max_bytes`.
+//! Append-only segments `<number>.ndjson` hold whole batches (NDJSON lines), each appended and
+//! `fdatasync`ed before it is published. Appending gives every event its sequence number (the `seq`
+//! field of the wire format): it only grows, also across restarts, so the sink can tell a redelivery
+//! exactly. Batches are read back oldest first. A confirmation "everything up to seq N" marks every
+//! segment whose last event is at or below N as done; done segments are deleted, except the one being
+//! appended to, which is replaced once full. After a reconnect the reader starts again at the first
+//! unconfirmed segment.
+//!
+//! At start-up every segment left is replayed; empty ones are deleted. The highest sequence number is
+//! found in the newest segment, or in the state file `seq` written whenever a new segment starts (so it
+//! survives the deletion of every segment). A fresh spool starts at the current Unix time in
+//! microseconds, so even an edge whose spool was lost never reuses a number it sent before (it would
+//! have had to send more than a million visits a second). The spool is bounded by
+//! `edge.spool_max_bytes`, and locked (`lock`) by the edge using it.
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use common::wire;
+use nix::fcntl::{Flock, FlockArg};
 
 use crate::batch::{Batch, MAX_BATCH_BYTES};
 
 /// Appending moves on to a new segment once the current one reaches this size.
 const SEGMENT_BYTES: u64 = 4 * 1024 * 1024;
+/// The highest sequence number given, as decimal text.
+const STATE_FILE: &str = "seq";
+const LOCK_FILE: &str = "lock";
 
 pub struct Spool {
     dir: PathBuf,
@@ -25,55 +41,73 @@ pub struct Spool {
     /// Oldest first; the last one is appended to.
     segments: VecDeque<Segment>,
     active: File,
+    /// The sequence number the next event gets.
+    next_seq: u64,
+    /// Held while the spool is open: a second edge pointed at the same directory refuses to start.
+    _lock: Flock<File>,
 }
 
 struct Segment {
-    seq: u64,
+    number: u64,
     path: PathBuf,
-    /// Bytes appended (known to be complete batches, except a tail torn by a crash).
+    /// Bytes of complete lines (a tail torn by a crash is left out).
     len: u64,
     /// Bytes read back so far.
     read: u64,
-    /// Batches read from it and not yet acknowledged.
-    unacked: usize,
+    /// Bytes confirmed: everything before this offset is safe and need not be sent again.
+    confirmed: u64,
+    /// Sequence number of its last event, if it holds any.
+    last_seq: Option<u64>,
+    /// Events not yet confirmed.
+    unconfirmed: usize,
+    /// When the oldest unconfirmed event was taken (for the age metric).
+    since: Option<SystemTime>,
 }
 
 impl Spool {
-    /// Opens the spool in `dir` (created if missing); segments left by an earlier run are replayed.
+    /// Opens and locks the spool in `dir` (created if missing); segments left by an earlier run are
+    /// replayed, empty ones removed.
     pub fn open(dir: &Path, max_bytes: u64) -> io::Result<Self> {
         fs::create_dir_all(dir)?;
+        let lock = lock(dir)?;
         let mut segments = Vec::new();
         for entry in fs::read_dir(dir)? {
             let path = entry?.path();
-            let seq = path
+            let number = path
                 .extension()
                 .filter(|ext| *ext == "ndjson")
                 .and_then(|_| path.file_stem()?.to_str()?.parse::<u64>().ok());
-            if let Some(seq) = seq {
-                let len = fs::metadata(&path)?.len();
-                segments.push(Segment {
-                    seq,
-                    path,
-                    len,
-                    read: 0,
-                    unacked: 0,
-                });
+            if let Some(segment) = number.map(|n| scan_segment(n, path)).transpose()?.flatten() {
+                segments.push(segment);
             }
         }
-        segments.sort_by_key(|segment| segment.seq);
-        let next = segments.last().map_or(1, |segment| segment.seq + 1);
+        segments.sort_by_key(|segment| segment.number);
+        let highest = [
+            read_state(dir)?,
+            segments.iter().filter_map(|s| s.last_seq).max(),
+        ]
+        .into_iter()
+        .flatten()
+        .max();
+        let next_seq = highest.map_or_else(unix_micros, |seq| seq + 1);
+        let number = segments.last().map_or(1, |segment| segment.number + 1);
         // Never append to a segment of an earlier run: its tail may be torn.
-        let (active, segment) = create_segment(dir, next)?;
+        let (active, segment) = create_segment(dir, number)?;
         segments.push(segment);
-        Ok(Self {
+        let mut spool = Self {
             dir: dir.to_owned(),
             max_bytes,
             segments: segments.into(),
             active,
-        })
+            next_seq,
+            _lock: lock,
+        };
+        spool.write_state()?;
+        spool.number_unnumbered()?;
+        Ok(spool)
     }
 
-    /// Bytes on disk, read or not.
+    /// Bytes on disk, confirmed or not.
     pub fn bytes(&self) -> u64 {
         self.segments.iter().map(|segment| segment.len).sum()
     }
@@ -82,32 +116,56 @@ impl Spool {
         self.bytes() < self.max_bytes
     }
 
-    /// True while some batch is unread or unacknowledged.
-    pub fn holds_visits(&self) -> bool {
-        self.segments
-            .iter()
-            .any(|s| s.read < s.len || s.unacked > 0)
+    /// True while some event is not confirmed.
+    pub fn holds_unconfirmed(&self) -> bool {
+        self.segments.iter().any(|s| s.confirmed < s.len)
     }
 
-    /// Appends a batch and syncs it. After a failure the segment is closed (its tail may be torn;
-    /// reading skips an incomplete last line) and the next batch goes to a new one.
-    pub fn append(&mut self, payload: &[u8]) -> io::Result<()> {
+    /// Events not yet confirmed.
+    pub fn unconfirmed_visits(&self) -> usize {
+        self.segments.iter().map(|s| s.unconfirmed).sum()
+    }
+
+    /// When the oldest unconfirmed event was taken.
+    pub fn oldest_unconfirmed(&self) -> Option<SystemTime> {
+        self.segments.iter().filter_map(|s| s.since).min()
+    }
+
+    /// Appends a batch of event lines (without sequence numbers), giving each the next sequence
+    /// number, and syncs it. After a failure the segment is cut back to where the batch began (or, if
+    /// that fails too, closed: reading stops before the torn part) and no number is used up.
+    pub fn append(&mut self, lines: &[u8]) -> io::Result<()> {
         if self.active_segment().len >= SEGMENT_BYTES {
             self.start_segment()?;
         }
+        let mut out = Vec::with_capacity(lines.len() + lines.len() / 8);
+        let mut seq = self.next_seq;
+        for line in lines.split_inclusive(|&b| b == b'\n') {
+            wire::append_with_seq(line, seq, &mut out);
+            seq += 1;
+        }
+        let events = (seq - self.next_seq) as usize;
+        if events == 0 {
+            return Ok(());
+        }
         let result = self
             .active
-            .write_all(payload)
+            .write_all(&out)
             .and_then(|()| self.active.sync_data());
-        match result {
-            Ok(()) => self.active_segment_mut().len += payload.len() as u64,
-            Err(_) => {
-                let segment = self.active_segment_mut();
-                segment.len = fs::metadata(&segment.path).map_or(segment.len, |m| m.len());
+        if let Err(err) = result {
+            let before = self.active_segment().len;
+            if self.active.set_len(before).is_err() {
                 let _ = self.start_segment();
             }
+            return Err(err);
         }
-        result
+        self.next_seq = seq;
+        let segment = self.active_segment_mut();
+        segment.len += out.len() as u64;
+        segment.last_seq = Some(seq - 1);
+        segment.unconfirmed += events;
+        segment.since.get_or_insert_with(SystemTime::now);
+        Ok(())
     }
 
     /// The next unread batch, oldest first: whole lines, up to [`MAX_BATCH_BYTES`] (or one longer line).
@@ -123,55 +181,97 @@ impl Spool {
             .take(remaining.min(MAX_BATCH_BYTES as u64))
             .read_to_end(&mut chunk)?;
         let mut end = chunk.iter().rposition(|&b| b == b'\n').map(|i| i + 1);
-        if end.is_none() && (chunk.len() as u64) < remaining {
-            // One line longer than a batch: read on to its end.
+        if end.is_none() {
+            // One line longer than a batch: read on to its end (`len` ends with a complete line).
             file.take(remaining - chunk.len() as u64)
                 .read_to_end(&mut chunk)?;
             end = chunk.iter().position(|&b| b == b'\n').map(|i| i + 1);
         }
-        let Some(end) = end else {
-            tracing::warn!(segment = %segment.path.display(), "skipping an incomplete last line in the spool");
-            segment.read = segment.len;
-            return Ok(None);
-        };
+        let end = end.ok_or_else(|| io::Error::other("a spool segment changed under the edge"))?;
         chunk.truncate(end);
         segment.read += end as u64;
-        segment.unacked += 1;
-        let visits = chunk.iter().filter(|&&b| b == b'\n').count();
+        let visits = memchr::memchr_iter(b'\n', &chunk).count();
+        let last_line = chunk[..end - 1]
+            .rsplit(|&b| b == b'\n')
+            .next()
+            .unwrap_or_default();
         Ok(Some(Batch {
+            last_seq: wire::trailing_seq(last_line),
             payload: Bytes::from(chunk),
             visits,
-            segment: Some(segment.seq),
+            spooled: true,
         }))
     }
 
-    /// A batch read from segment `seq` was acknowledged; segments fully read and acknowledged are
-    /// deleted (the one being appended to is replaced by a fresh one first).
-    pub fn acked(&mut self, seq: u64) -> io::Result<()> {
-        if let Some(segment) = self.segments.iter_mut().find(|s| s.seq == seq) {
-            segment.unacked = segment.unacked.saturating_sub(1);
+    /// Everything up to sequence number `seq` is confirmed: segments that end at or below it are done
+    /// (deleted, unless appended to) and not sent again.
+    pub fn confirm_through(&mut self, seq: u64) -> io::Result<()> {
+        for segment in &mut self.segments {
+            if segment.last_seq.is_some_and(|last| last <= seq) && segment.confirmed < segment.len {
+                segment.confirmed = segment.len;
+                segment.read = segment.read.max(segment.len);
+                segment.unconfirmed = 0;
+                segment.since = None;
+            }
         }
-        while let Some(front) = self.segments.front() {
-            if front.read < front.len || front.unacked > 0 {
-                break;
-            }
-            if self.segments.len() == 1 {
-                if front.len == 0 {
-                    break; // The fresh segment being appended to.
-                }
-                self.start_segment()?;
-            }
-            let done = self.segments.pop_front().expect("checked above");
+        let active = self.active_segment().number;
+        while let Some(index) = self
+            .segments
+            .iter()
+            .position(|s| s.number != active && s.confirmed == s.len)
+        {
+            let done = self.segments.remove(index).expect("found above");
             fs::remove_file(&done.path)?;
         }
         Ok(())
     }
 
+    /// After a reconnect: read again from the first unconfirmed event (a broker may have lost what
+    /// it acknowledged). Returns the events to be sent again.
+    pub fn rewind(&mut self) -> usize {
+        for segment in &mut self.segments {
+            segment.read = segment.confirmed;
+        }
+        self.unconfirmed_visits()
+    }
+
+    /// Segments written before events had sequence numbers are appended again, numbered.
+    fn number_unnumbered(&mut self) -> io::Result<()> {
+        let active = self.active_segment().number;
+        while let Some(index) = self
+            .segments
+            .iter()
+            .position(|s| s.number != active && s.last_seq.is_none())
+        {
+            let old = self.segments.remove(index).expect("found above");
+            let content = fs::read(&old.path)?;
+            self.append(&content[..old.len as usize])?;
+            fs::remove_file(&old.path)?;
+            tracing::info!(segment = %old.path.display(), "numbered the events of a spool segment from an older edge");
+        }
+        Ok(())
+    }
+
     fn start_segment(&mut self) -> io::Result<()> {
-        let (file, segment) = create_segment(&self.dir, self.active_segment().seq + 1)?;
+        // The segment that holds the highest number may be deleted before the new one holds any.
+        self.write_state()?;
+        let (file, segment) = create_segment(&self.dir, self.active_segment().number + 1)?;
         self.active = file;
         self.segments.push_back(segment);
         Ok(())
+    }
+
+    /// Records the highest sequence number given: written aside, synced, then renamed into place.
+    fn write_state(&self) -> io::Result<()> {
+        let Some(highest) = self.next_seq.checked_sub(1) else {
+            return Ok(());
+        };
+        let temporary = self.dir.join(format!("{STATE_FILE}.new"));
+        let mut file = File::create(&temporary)?;
+        file.write_all(highest.to_string().as_bytes())?;
+        file.sync_data()?;
+        fs::rename(&temporary, self.dir.join(STATE_FILE))?;
+        File::open(&self.dir)?.sync_all()
     }
 
     fn active_segment(&self) -> &Segment {
@@ -187,68 +287,194 @@ impl Spool {
     }
 }
 
-fn create_segment(dir: &Path, seq: u64) -> io::Result<(File, Segment)> {
-    let path = dir.join(format!("{seq:012}.ndjson"));
+fn lock(dir: &Path) -> io::Result<Flock<File>> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(LOCK_FILE))?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+        io::Error::new(
+            io::ErrorKind::WouldBlock,
+            format!("in use by another running edge (its lock file is held: {errno})"),
+        )
+    })
+}
+
+fn read_state(dir: &Path) -> io::Result<Option<u64>> {
+    match fs::read_to_string(dir.join(STATE_FILE)) {
+        Ok(text) => text.trim().parse().map(Some).map_err(|err| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: {err}", dir.join(STATE_FILE).display()),
+            )
+        }),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
+/// A segment of an earlier run, all of it unconfirmed; `None` (and the file deleted) when it holds no
+/// complete line.
+fn scan_segment(number: u64, path: PathBuf) -> io::Result<Option<Segment>> {
+    let content = fs::read(&path)?;
+    let len = content
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    if len == 0 {
+        fs::remove_file(&path)?;
+        return Ok(None);
+    }
+    if len < content.len() {
+        tracing::warn!(segment = %path.display(), "skipping an incomplete last line in the spool");
+    }
+    let lines = &content[..len - 1];
+    let last_line = lines.rsplit(|&b| b == b'\n').next().unwrap_or_default();
+    let first_line = lines.split(|&b| b == b'\n').next().unwrap_or_default();
+    let since = wire::decode_event(first_line)
+        .ok()
+        .map(|event| SystemTime::from(event.visit.ts));
+    Ok(Some(Segment {
+        number,
+        path,
+        len: len as u64,
+        read: 0,
+        confirmed: 0,
+        last_seq: wire::trailing_seq(last_line),
+        unconfirmed: memchr::memchr_iter(b'\n', &content[..len]).count(),
+        since,
+    }))
+}
+
+fn create_segment(dir: &Path, number: u64) -> io::Result<(File, Segment)> {
+    let path = dir.join(format!("{number:012}.ndjson"));
     let file = OpenOptions::new().create(true).append(true).open(&path)?;
-    let len = file.metadata()?.len();
     Ok((
         file,
         Segment {
-            seq,
+            number,
             path,
-            len,
+            len: 0,
             read: 0,
-            unacked: 0,
+            confirmed: 0,
+            last_seq: None,
+            unconfirmed: 0,
+            since: None,
         },
     ))
 }
 
+fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(1, |since| since.as_micros() as u64)
+}
+
 #[cfg(test)]
 mod tests {
+    use chrono::Utc;
+    use common::{HeaderText, Visit};
+
     use super::*;
 
-    fn lines(batch: &Batch) -> Vec<&str> {
-        std::str::from_utf8(&batch.payload)
-            .unwrap()
-            .lines()
+    fn events(markers: &[&str]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for marker in markers {
+            let visit = Visit::new(
+                Utc::now(),
+                None,
+                HeaderText::new(marker.as_bytes()),
+                "10.0.0.1".parse().unwrap(),
+                "e",
+            );
+            wire::encode_event(&visit, &mut out);
+        }
+        out
+    }
+
+    /// (marker, seq) of each event of the batch.
+    fn read(batch: &Batch) -> Vec<(String, u64)> {
+        wire::decode_message(&batch.payload)
+            .map(|(_, event)| {
+                let event = event.unwrap();
+                let ua = event.visit.user_agent.unwrap();
+                (
+                    String::from_utf8(ua.as_bytes().to_vec()).unwrap(),
+                    event.seq.unwrap(),
+                )
+            })
             .collect()
     }
 
     fn segment_files(dir: &Path) -> usize {
-        fs::read_dir(dir).unwrap().count()
+        fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "ndjson")
+            })
+            .count()
     }
 
     #[test]
-    fn batches_come_back_in_order_and_acked_segments_are_deleted() {
+    fn events_are_numbered_in_order_and_confirmed_segments_go() {
         let dir = tempfile::tempdir().unwrap();
         let mut spool = Spool::open(dir.path(), 1 << 20).unwrap();
-        assert!(!spool.holds_visits());
-        spool.append(b"a\nb\n").unwrap();
-        spool.append(b"c\n").unwrap();
-        assert!(spool.holds_visits());
+        assert!(!spool.holds_unconfirmed());
+        spool.append(&events(&["a", "b"])).unwrap();
+        spool.append(&events(&["c"])).unwrap();
+        assert_eq!(spool.unconfirmed_visits(), 3);
         let batch = spool.next_batch().unwrap().unwrap();
-        assert_eq!(lines(&batch), ["a", "b", "c"]);
-        assert_eq!(batch.visits, 3);
-        assert!(spool.next_batch().unwrap().is_none());
-        assert!(spool.holds_visits(), "read but not acknowledged");
-        spool.acked(batch.segment.unwrap()).unwrap();
-        assert!(!spool.holds_visits());
-        assert_eq!(spool.bytes(), 0);
+        let got = read(&batch);
         assert_eq!(
-            segment_files(dir.path()),
-            1,
-            "only a fresh, empty segment is left"
+            got.iter().map(|(m, _)| m.as_str()).collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
+        let first = got[0].1;
+        assert_eq!([got[1].1, got[2].1], [first + 1, first + 2]);
+        assert_eq!(batch.last_seq, Some(first + 2));
+        assert!(spool.next_batch().unwrap().is_none());
+
+        spool.confirm_through(first + 1).unwrap();
+        assert!(
+            spool.holds_unconfirmed(),
+            "the last event is not confirmed yet"
+        );
+        spool.confirm_through(first + 2).unwrap();
+        assert!(!spool.holds_unconfirmed());
+        assert_eq!(spool.unconfirmed_visits(), 0);
+        assert_eq!(spool.rewind(), 0, "nothing to send again");
+        assert!(spool.next_batch().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_rewind_sends_again_what_is_not_confirmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 1 << 20).unwrap();
+        spool.append(&events(&["a"])).unwrap();
+        let a = spool.next_batch().unwrap().unwrap();
+        spool.confirm_through(a.last_seq.unwrap()).unwrap();
+        spool.append(&events(&["b"])).unwrap();
+        let b = spool.next_batch().unwrap().unwrap();
+        assert_eq!(spool.rewind(), 1);
+        let again = spool.next_batch().unwrap().unwrap();
+        assert_eq!(
+            read(&again),
+            read(&b),
+            "only what follows the confirmed part"
         );
     }
 
     #[test]
-    fn a_restart_replays_what_was_not_acknowledged_and_skips_a_torn_tail() {
+    fn a_restart_replays_keeps_numbering_skips_a_torn_tail_and_removes_empty_segments() {
         let dir = tempfile::tempdir().unwrap();
         let mut spool = Spool::open(dir.path(), 1 << 20).unwrap();
-        spool.append(b"one\n").unwrap();
-        spool.append(b"two\n").unwrap();
-        let read = spool.next_batch().unwrap().unwrap();
-        assert_eq!(lines(&read), ["one", "two"]);
+        spool.append(&events(&["one", "two"])).unwrap();
+        let before = spool.next_batch().unwrap().unwrap().last_seq.unwrap();
         drop(spool);
         // A crash tore the last append of the earlier run.
         let segment = dir.path().join(format!("{:012}.ndjson", 1));
@@ -256,43 +482,80 @@ mod tests {
             .append(true)
             .open(&segment)
             .unwrap()
-            .write_all(b"thr")
+            .write_all(b"{\"v\":1,\"id")
             .unwrap();
-
+        // Restarts that appended nothing leave no empty segment behind.
+        for _ in 0..3 {
+            drop(Spool::open(dir.path(), 1 << 20).unwrap());
+        }
         let mut again = Spool::open(dir.path(), 1 << 20).unwrap();
-        again.append(b"four\n").unwrap();
-        let first = again.next_batch().unwrap().unwrap();
-        assert_eq!(lines(&first), ["one", "two"]);
-        assert!(
-            again.next_batch().unwrap().is_none(),
-            "the torn line is skipped"
+        assert_eq!(
+            segment_files(dir.path()),
+            2,
+            "the old one and the fresh one"
         );
-        let second = again.next_batch().unwrap().unwrap();
-        assert_eq!(lines(&second), ["four"]);
-        again.acked(first.segment.unwrap()).unwrap();
-        again.acked(second.segment.unwrap()).unwrap();
-        assert!(!again.holds_visits());
+        again.append(&events(&["three"])).unwrap();
+        let replayed = again.next_batch().unwrap().unwrap();
+        assert_eq!(read(&replayed).len(), 2, "the torn line is skipped");
+        let new = again.next_batch().unwrap().unwrap();
+        assert_eq!(read(&new)[0].1, before + 1, "numbering goes on");
+        again.confirm_through(before + 1).unwrap();
         assert!(!segment.exists());
+        drop(again);
+        // Every segment gone: the state file still knows the numbering.
+        for entry in fs::read_dir(dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|x| x == "ndjson") {
+                fs::remove_file(path).unwrap();
+            }
+        }
+        fs::write(dir.path().join(STATE_FILE), (before + 1).to_string()).unwrap();
+        let mut fresh = Spool::open(dir.path(), 1 << 20).unwrap();
+        fresh.append(&events(&["four"])).unwrap();
+        assert_eq!(read(&fresh.next_batch().unwrap().unwrap())[0].1, before + 2);
+    }
+
+    #[test]
+    fn a_second_edge_cannot_open_a_spool_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1 << 20).unwrap();
+        let err = Spool::open(dir.path(), 1 << 20).err().unwrap();
+        assert!(
+            err.to_string().contains("in use by another running edge"),
+            "{err}"
+        );
+        drop(spool);
+        Spool::open(dir.path(), 1 << 20).unwrap();
+    }
+
+    #[test]
+    fn segments_of_an_older_edge_are_numbered() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(
+            dir.path().join(format!("{:012}.ndjson", 7)),
+            events(&["old"]),
+        )
+        .unwrap();
+        let mut spool = Spool::open(dir.path(), 1 << 20).unwrap();
+        let batch = spool.next_batch().unwrap().unwrap();
+        assert_eq!(read(&batch)[0].0, "old");
+        spool.confirm_through(batch.last_seq.unwrap()).unwrap();
+        assert!(!spool.holds_unconfirmed());
     }
 
     #[test]
     fn the_size_is_bounded_and_big_batches_are_split_at_lines() {
         let dir = tempfile::tempdir().unwrap();
         let mut spool = Spool::open(dir.path(), 300 * 1024).unwrap();
-        let line = [b'x'; 1023]
-            .iter()
-            .chain(b"\n")
-            .copied()
-            .collect::<Vec<u8>>();
+        let line = events(&[&"x".repeat(900)]);
         let mut appended = 0;
         while spool.has_room() {
             spool.append(&line).unwrap();
             appended += 1;
         }
-        assert_eq!(appended, 300);
         let first = spool.next_batch().unwrap().unwrap();
-        assert_eq!(first.visits, MAX_BATCH_BYTES / 1024);
+        assert!(first.payload.len() <= MAX_BATCH_BYTES);
         let second = spool.next_batch().unwrap().unwrap();
-        assert_eq!(first.visits + second.visits, 300);
+        assert_eq!(first.visits + second.visits, appended);
     }
 }

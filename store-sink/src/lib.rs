@@ -5,6 +5,7 @@
 pub mod append_file;
 pub mod configuration;
 mod health;
+mod receipts;
 pub mod storage;
 mod subscription;
 mod writer;
@@ -42,7 +43,10 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // First, so that no metric is recorded before the recorder exists.
     let metrics = common::metrics::handle();
-    let storage = Storage::open(&settings.storage).context("opening the visits log")?;
+    let storage_settings = settings.storage.clone();
+    let storage = tokio::task::spawn_blocking(move || Storage::open(&storage_settings))
+        .await?
+        .context("opening the visits log")?;
     let health = Arc::new(SinkHealth {
         subscribed: AtomicBool::new(false),
         writable: AtomicBool::new(true),
@@ -67,11 +71,15 @@ pub async fn run(
             health.clone(),
         ),
     );
+    let stop_receipts = CancellationToken::new();
+    let (receipts, receipts_task) = receipts::start(&settings, stop_receipts.clone())?;
+    let mut receipts_task = Watched::spawn("receipts", receipts_task);
     let writer = Writer::new(
         storage,
         settings.storage.clone(),
         client.clone(),
         health.clone(),
+        receipts,
     );
     let mut writer = Watched::spawn("writer", writer.run(messages, reopen, stop.clone()));
     let metrics_addr = metrics_listener.local_addr()?;
@@ -98,9 +106,11 @@ pub async fn run(
         ended = driver.ended() => return Err(ended.into()),
         ended = writer.ended() => return Err(ended.into()),
         ended = http.ended() => return Err(ended.into()),
+        ended = receipts_task.ended() => return Err(ended.into()),
     }
     stop.cancel();
     writer.join().await?;
+    stop_receipts.cancel();
     // The acks are queued before the DISCONNECT, so they go out first.
     let _ = client.try_disconnect();
     match tokio::time::timeout(Duration::from_secs(2), driver.join()).await {
@@ -111,6 +121,13 @@ pub async fn run(
         }
     }
     http.join().await?;
+    match tokio::time::timeout(Duration::from_secs(2), receipts_task.join()).await {
+        Ok(joined) => joined?,
+        Err(_) => {
+            tracing::warn!("the receipt connection did not close in time");
+            receipts_task.abort();
+        }
+    }
     tracing::info!("store sink stopped");
     Ok(())
 }

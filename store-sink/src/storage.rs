@@ -46,13 +46,18 @@ impl Storage {
                 format!("storage.path {}: {err}", settings.path.display()),
             )
         };
-        let visits = AppendFile::open(&settings.path).map_err(in_path)?;
+        let mut visits = AppendFile::open(&settings.path).map_err(in_path)?;
         let written_ids = WrittenIds::recover(
             &settings.path,
             visits.buffer_offset(),
             settings.dedup_window,
         )
         .map_err(in_path)?;
+        if let Some(start) = written_ids.torn_batch_start() {
+            // That batch was never acked: it is delivered again and written whole after the cut.
+            cut_back(&settings.path, start).map_err(in_path)?;
+            visits = AppendFile::open(&settings.path).map_err(in_path)?;
+        }
         let rejected_path = settings.rejected_path();
         let rejected = AppendFile::open(&rejected_path).map_err(|err| {
             io::Error::new(
@@ -75,7 +80,7 @@ impl Storage {
         let mut outcome = Outcome::default();
         for (event, decoded) in wire::decode_message(payload) {
             match decoded {
-                Ok(visit) if self.written_ids.is_new(visit.id) => {
+                Ok(wire::Event { visit, seq }) if self.written_ids.is_new(topic, visit.id, seq) => {
                     line::write_line(&visit, self.max_field_bytes, self.visits.buffer());
                     self.newest_visit = self.newest_visit.max(Some(visit.ts));
                     outcome.written += 1;
@@ -135,6 +140,19 @@ impl Storage {
         self.visits.flush(self.fsync)?;
         self.rejected.flush(self.fsync)
     }
+
+    /// After a successful [`flush`](Self::flush): per edge topic of the batches flushed, the highest
+    /// sequence number now durably in the log.
+    pub fn take_receipts(&mut self) -> Vec<(String, u64)> {
+        self.written_ids.batch_durable()
+    }
+}
+
+/// Cuts the log back to `len` bytes (and syncs), dropping a batch a crash left half-written.
+fn cut_back(path: &std::path::Path, len: u64) -> io::Result<()> {
+    let file = std::fs::OpenOptions::new().write(true).open(path)?;
+    file.set_len(len)?;
+    file.sync_all()
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The writer: takes the messages the subscription forwards, writes every visit they carry, flushes
-//! and syncs once per batch, and only then acks them, in the order they arrived. While writing fails
-//! nothing is acked; the batch is retried with backoff.
+//! and syncs once per batch, and only then acks them, in the order they arrived, and hands the edges'
+//! receipts on. While writing fails nothing is acked; the batch is retried with backoff. File I/O runs
+//! on the blocking pool (see [`common::blocking`]).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -8,12 +9,14 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
+use common::blocking::on_blocking_pool;
 use rumqttc::{AsyncClient, Publish};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::configuration::StorageSettings;
 use crate::health::SinkHealth;
+use crate::receipts::Receipts;
 use crate::storage::{Outcome, Storage};
 
 /// At most this many messages share one flush; the broker keeps up to 1000 in flight to the sink.
@@ -31,6 +34,7 @@ pub struct Writer {
     settings: StorageSettings,
     client: AsyncClient,
     health: Arc<SinkHealth>,
+    receipts: Receipts,
 }
 
 impl Writer {
@@ -39,12 +43,14 @@ impl Writer {
         settings: StorageSettings,
         client: AsyncClient,
         health: Arc<SinkHealth>,
+        receipts: Receipts,
     ) -> Self {
         Self {
             storage: Some(storage),
             settings,
             client,
             health,
+            receipts,
         }
     }
 
@@ -61,7 +67,7 @@ impl Writer {
                 message = messages.recv() => message,
                 // Between batches everything is flushed and synced: no visit is split across files.
                 _ = reopen.notified() => {
-                    self.reopen();
+                    self.reopen().await;
                     continue;
                 }
                 // Closing lets `recv` hand out what is already queued, then end the loop.
@@ -96,12 +102,12 @@ impl Writer {
         }
     }
 
-    fn reopen(&mut self) {
-        let storage = self
-            .storage
-            .as_mut()
-            .expect("storage is back after each flush");
-        match tokio::task::block_in_place(|| storage.reopen(&self.settings)) {
+    async fn reopen(&mut self) {
+        let settings = self.settings.clone();
+        match self
+            .on_storage(move |storage| storage.reopen(&settings))
+            .await
+        {
             Ok(()) => {
                 tracing::info!(path = %self.settings.path.display(), "reopened the visits log")
             }
@@ -138,6 +144,9 @@ impl Writer {
             match flushed {
                 Ok(()) => {
                     metrics::histogram!("tracker_sink_flush_seconds").record(started.elapsed());
+                    if let Some(storage) = &mut self.storage {
+                        self.receipts.confirm(storage.take_receipts());
+                    }
                     record_stored(
                         &outcome,
                         bytes,
@@ -159,18 +168,21 @@ impl Writer {
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
-        let mut storage = self
+        self.on_storage(Storage::flush).await
+    }
+
+    /// Runs `work` on the storage on the blocking pool.
+    async fn on_storage<T: Send + 'static>(
+        &mut self,
+        work: impl FnOnce(&mut Storage) -> T + Send + 'static,
+    ) -> T {
+        let storage = self
             .storage
             .take()
-            .expect("storage is back after each flush");
-        let (storage, result) = tokio::task::spawn_blocking(move || {
-            let result = storage.flush();
-            (storage, result)
-        })
-        .await
-        .expect("the flush task does not panic");
+            .expect("storage is back after each call");
+        let (storage, out) = on_blocking_pool(storage, work).await;
         self.storage = Some(storage);
-        result
+        out
     }
 }
 

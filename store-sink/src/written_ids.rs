@@ -6,32 +6,60 @@
 //! range the lines take in the log: at start-up a record counts only if the log reaches its end, so a
 //! crash between the two writes can only make the sink write a batch again, never skip one.
 //!
-//! Journal record: `<start> <end> <id> <id> ...\n`, ids in simple (32 hex digits) form. When the sink
-//! reopens its log (SIGHUP, after a rotation) it writes a `reopen` line: records before the last one
-//! refer to an older file, were flushed before the reopen, and count without an offset check.
+//! Events that carry an edge's sequence number are also checked against the highest number written
+//! for that edge's topic: at or below it is a duplicate, however large the redelivered backlog (the id
+//! window still applies, for a batch an edge numbered again after the broker refused it). The highest
+//! numbers take memory per edge, not per visit, and are journaled with the batch that raised them.
+//!
+//! Journal records: `<start> <end> <id> <id> ...\n`, ids in simple (32 hex digits) form, and
+//! `S <start> <end> <seq> <topic>\n` (topic escaped as in the log) for each edge whose highest number
+//! the batch raised. When the sink reopens its log (SIGHUP, after a rotation) it writes a `reopen`
+//! line: records before the last one refer to an older file, were flushed before the reopen, and count
+//! without an offset check. A rotated journal starts with every edge's durable number (`S 0 0 ...`).
+//!
+//! At start-up, when the log ends inside the last batch (a crash or a short write in its middle), the
+//! sink cuts the log back to where that batch began: those lines were never acked and come again.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
 
+use common::line;
 use uuid::Uuid;
 
 use crate::append_file::AppendFile;
 
 /// The journal line written when the log is reopened.
 const REOPEN: &[u8] = b"reopen\n";
+/// Starts a record of an edge's highest sequence number.
+const SEQ_RECORD: &[u8] = b"S ";
+
+type Sequences = HashMap<String, u64, foldhash::fast::RandomState>;
 
 pub struct WrittenIds {
     /// Hashed with foldhash: SipHash was most of the cost of remembering an id.
-    seen: HashSet<Uuid, foldhash::fast::RandomState>,
+    ids: HashSet<Uuid, foldhash::fast::RandomState>,
     /// The same ids, oldest first, to evict beyond the window.
     order: VecDeque<Uuid>,
     window: usize,
     journal: AppendFile,
-    /// Ids in the current journal file; at `window` it is rotated.
+    /// Ids and sequence records in the current journal file; at `window` it is rotated.
     journaled: usize,
     /// Ids taken by the batch being formatted.
     batch: Vec<Uuid>,
+    /// Per edge topic, the highest sequence number written, counting the batch being formatted.
+    sequences: Sequences,
+    /// The same, for what is synced in the log: what receipts may say.
+    durable: Sequences,
+    /// Topics whose number the batch being formatted raised, to be journaled with it.
+    raised: HashSet<String>,
+    /// Topics the batches since the last durable flush came from (raised or not): each gets a receipt,
+    /// also for a batch of duplicates, since the broker may have lost the retained one.
+    seen: HashSet<String>,
+    /// Raised numbers journaled and waiting for the log's flush to become durable.
+    staged: Vec<(String, u64)>,
+    /// Where the last batch began when the log ends inside it; the log is to be cut back there.
+    torn_batch_start: Option<u64>,
 }
 
 impl WrittenIds {
@@ -39,15 +67,24 @@ impl WrittenIds {
     pub fn recover(log_path: &Path, log_len: u64, window: usize) -> io::Result<Self> {
         let path = journal_path(log_path);
         let mut written = Self {
-            seen: HashSet::with_capacity_and_hasher(window.min(1 << 20), Default::default()),
+            ids: HashSet::with_capacity_and_hasher(window.min(1 << 20), Default::default()),
             order: VecDeque::new(),
             window,
             journal: AppendFile::open(&path)?,
             journaled: 0,
             batch: Vec::new(),
+            sequences: Sequences::default(),
+            durable: Sequences::default(),
+            raised: HashSet::new(),
+            seen: HashSet::new(),
+            staged: Vec::new(),
+            torn_batch_start: None,
         };
         // (ids, whether the log reaches its batch); a `reopen` line vouches for everything before it.
         let mut records: Vec<(Vec<Uuid>, bool)> = Vec::new();
+        let mut sequences: Vec<(String, u64, bool)> = Vec::new();
+        // The byte range of the last batch written to the current log.
+        let mut last_range: Option<(u64, u64)> = None;
         for file in [old_journal_path(log_path), path] {
             let text = match std::fs::read(&file) {
                 Ok(bytes) => bytes,
@@ -61,6 +98,24 @@ impl WrittenIds {
             {
                 if record == REOPEN {
                     records.iter_mut().for_each(|(_, written)| *written = true);
+                    sequences
+                        .iter_mut()
+                        .for_each(|(_, _, written)| *written = true);
+                    last_range = None;
+                    continue;
+                }
+                if let Some(seq_record) = record.strip_prefix(SEQ_RECORD) {
+                    match parse_seq_record(seq_record) {
+                        Some((start, end, seq, topic)) => {
+                            sequences.push((topic, seq, end <= log_len));
+                            if start < end {
+                                last_range = Some((start, end));
+                            }
+                        }
+                        None => {
+                            tracing::warn!(journal = %file.display(), "unreadable sequence record skipped")
+                        }
+                    }
                     continue;
                 }
                 let Some((start, end, ids)) = parse_record(record) else {
@@ -68,20 +123,31 @@ impl WrittenIds {
                     continue;
                 };
                 records.push((ids, end <= log_len));
-                if start < log_len && log_len < end {
-                    tracing::warn!(
-                        start,
-                        end,
-                        log_len,
-                        "the log ends inside a batch (power cut?); it will be written again"
-                    );
+                if start < end {
+                    last_range = Some((start, end));
                 }
             }
+        }
+        if let Some((start, end)) =
+            last_range.filter(|&(start, end)| start < log_len && log_len < end)
+        {
+            tracing::warn!(
+                start,
+                end,
+                log_len,
+                "the log ends inside its last batch (crash or short write); cutting it back to where the batch began, it will be written again"
+            );
+            written.torn_batch_start = Some(start);
         }
         for (ids, _) in records.into_iter().filter(|(_, written)| *written) {
             ids.into_iter().for_each(|id| written.remember(id));
         }
-        written.journaled = written.order.len();
+        for (topic, seq, _) in sequences.into_iter().filter(|(_, _, written)| *written) {
+            let highest = written.durable.entry(topic).or_default();
+            *highest = (*highest).max(seq);
+        }
+        written.sequences = written.durable.clone();
+        written.journaled = written.order.len() + written.durable.len();
         tracing::info!(
             ids = written.order.len(),
             "recovered the ids of recently written visits"
@@ -89,9 +155,31 @@ impl WrittenIds {
         Ok(written)
     }
 
-    /// True the first time an id is offered (it joins the batch), false for a duplicate.
-    pub fn is_new(&mut self, id: Uuid) -> bool {
-        if !self.seen.insert(id) {
+    /// Where the log is to be cut back to at start-up, if it ends inside its last batch.
+    pub fn torn_batch_start(&self) -> Option<u64> {
+        self.torn_batch_start
+    }
+
+    /// True the first time an event is offered (it joins the batch), false for a duplicate: an id seen
+    /// before, or a sequence number at or below the highest written for `topic`.
+    pub fn is_new(&mut self, topic: &str, id: Uuid, seq: Option<u64>) -> bool {
+        if let Some(seq) = seq {
+            if !self.seen.contains(topic) {
+                self.seen.insert(topic.to_owned());
+            }
+            match self.sequences.get_mut(topic) {
+                Some(highest) if seq <= *highest => return false,
+                // Raised even when the id turns out to be known: the event is in the log either way.
+                Some(highest) => *highest = seq,
+                None => {
+                    self.sequences.insert(topic.to_owned(), seq);
+                }
+            }
+            if !self.raised.contains(topic) {
+                self.raised.insert(topic.to_owned());
+            }
+        }
+        if !self.ids.insert(id) {
             return false;
         }
         self.order.push_back(id);
@@ -100,26 +188,31 @@ impl WrittenIds {
         true
     }
 
-    /// Puts the batch's record in the journal buffer: its ids take `start..end` of the log.
+    /// Puts the batch's records in the journal buffer: its events take `start..end` of the log.
     pub fn stage_batch(&mut self, start: u64, end: u64) {
-        if self.batch.is_empty() {
-            return;
+        if !self.batch.is_empty() {
+            self.journaled += self.batch.len();
+            let out = self.journal.buffer();
+            out.extend_from_slice(format!("{start} {end}").as_bytes());
+            for id in self.batch.drain(..) {
+                out.push(b' ');
+                out.extend_from_slice(
+                    id.simple()
+                        .encode_lower(&mut Uuid::encode_buffer())
+                        .as_bytes(),
+                );
+            }
+            out.push(b'\n');
         }
-        self.journaled += self.batch.len();
-        let out = self.journal.buffer();
-        out.extend_from_slice(format!("{start} {end}").as_bytes());
-        for id in self.batch.drain(..) {
-            out.push(b' ');
-            out.extend_from_slice(
-                id.simple()
-                    .encode_lower(&mut Uuid::encode_buffer())
-                    .as_bytes(),
-            );
+        for topic in self.raised.drain() {
+            let seq = self.sequences[&topic];
+            write_seq_record(self.journal.buffer(), start, end, seq, &topic);
+            self.staged.push((topic, seq));
+            self.journaled += 1;
         }
-        out.push(b'\n');
     }
 
-    /// Writes (and syncs) the staged records; rotates the journal once it holds a window of ids.
+    /// Writes (and syncs) the staged records; rotates the journal once it holds a window of entries.
     pub fn flush(&mut self, sync: bool) -> io::Result<()> {
         let staged = self.journal.buffer().len();
         self.journal.flush(sync)?;
@@ -127,9 +220,29 @@ impl WrittenIds {
             let path = self.journal.path().to_owned();
             std::fs::rename(&path, with_suffix(&path, ".old"))?;
             self.journal = AppendFile::open(&path)?;
-            self.journaled = 0;
+            // Only durable numbers: the batch just journaled is not in the log yet, and its own
+            // records stay in `.old`, which start-up reads too.
+            for (topic, seq) in &self.durable {
+                write_seq_record(self.journal.buffer(), 0, 0, *seq, topic);
+            }
+            self.journaled = self.durable.len();
+            self.journal.flush(sync)?;
         }
         Ok(())
+    }
+
+    /// The batches flushed so far are in the log: their numbers are durable. Returns, for each topic
+    /// they came from, the highest durable number: what its edge's receipt says.
+    pub fn batch_durable(&mut self) -> Vec<(String, u64)> {
+        for (topic, seq) in self.staged.drain(..) {
+            let highest = self.durable.entry(topic).or_default();
+            *highest = (*highest).max(seq);
+        }
+        self.seen
+            .drain()
+            .filter_map(|topic| Some((self.durable.get(&topic).copied()?, topic)))
+            .map(|(seq, topic)| (topic, seq))
+            .collect()
     }
 
     /// The log was reopened (flushed first): records from now on refer to the new file.
@@ -139,7 +252,7 @@ impl WrittenIds {
     }
 
     fn remember(&mut self, id: Uuid) {
-        if self.seen.insert(id) {
+        if self.ids.insert(id) {
             self.order.push_back(id);
             self.evict();
         }
@@ -148,7 +261,7 @@ impl WrittenIds {
     fn evict(&mut self) {
         while self.order.len() > self.window {
             if let Some(old) = self.order.pop_front() {
-                self.seen.remove(&old);
+                self.ids.remove(&old);
             }
         }
     }
@@ -161,6 +274,28 @@ fn parse_record(record: &[u8]) -> Option<(u64, u64, Vec<Uuid>)> {
     let end = parts.next()?.parse().ok()?;
     let ids = parts.map(Uuid::try_parse).collect::<Result<_, _>>().ok()?;
     Some((start, end, ids))
+}
+
+fn write_seq_record(out: &mut Vec<u8>, start: u64, end: u64, seq: u64, topic: &str) {
+    out.extend_from_slice(SEQ_RECORD);
+    out.extend_from_slice(format!("{start} {end} {seq} ").as_bytes());
+    line::escape_into(topic.as_bytes(), out);
+    out.push(b'\n');
+}
+
+/// `<start> <end> <seq> <escaped topic>` (the topic is the rest of the line).
+fn parse_seq_record(record: &[u8]) -> Option<(u64, u64, u64, String)> {
+    let record = record.strip_suffix(b"\n")?;
+    let mut parts = record.splitn(4, |&b| b == b' ');
+    let mut number = || std::str::from_utf8(parts.next()?).ok()?.parse::<u64>().ok();
+    let (start, end, seq) = (number()?, number()?, number()?);
+    let topic = line::unescape_field(parts.next()?).ok()??;
+    Some((
+        start,
+        end,
+        seq,
+        String::from_utf8(topic.as_bytes().to_vec()).ok()?,
+    ))
 }
 
 fn journal_path(log_path: &Path) -> PathBuf {
@@ -190,13 +325,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut written = WrittenIds::recover(&dir.path().join("visits.log"), 0, 3).unwrap();
         let ids = ids(4);
-        assert!(written.is_new(ids[0]));
-        assert!(!written.is_new(ids[0]));
+        assert!(written.is_new("t", ids[0], None));
+        assert!(!written.is_new("t", ids[0], None));
         for id in &ids[1..] {
-            assert!(written.is_new(*id));
+            assert!(written.is_new("t", *id, None));
         }
-        assert!(written.is_new(ids[0]), "evicted from a window of 3");
-        assert!(!written.is_new(ids[3]));
+        assert!(
+            written.is_new("t", ids[0], None),
+            "evicted from a window of 3"
+        );
+        assert!(!written.is_new("t", ids[3], None));
     }
 
     #[test]
@@ -205,9 +343,13 @@ mod tests {
         let log = dir.path().join("visits.log");
         let (first, second) = (ids(2), ids(2));
         let mut written = WrittenIds::recover(&log, 0, 100).unwrap();
-        first.iter().for_each(|id| assert!(written.is_new(*id)));
+        first
+            .iter()
+            .for_each(|id| assert!(written.is_new("t", *id, None)));
         written.stage_batch(0, 100);
-        second.iter().for_each(|id| assert!(written.is_new(*id)));
+        second
+            .iter()
+            .for_each(|id| assert!(written.is_new("t", *id, None)));
         written.stage_batch(100, 200);
         written.flush(true).unwrap();
         // A crash cut the last record short.
@@ -219,10 +361,10 @@ mod tests {
 
         // The log reached the end of the first batch only: the second is to be written again.
         let mut recovered = WrittenIds::recover(&log, 150, 100).unwrap();
-        assert!(!recovered.is_new(first[0]) && !recovered.is_new(first[1]));
-        assert!(recovered.is_new(second[0]) && recovered.is_new(second[1]));
+        assert!(!recovered.is_new("t", first[0], None) && !recovered.is_new("t", first[1], None));
+        assert!(recovered.is_new("t", second[0], None) && recovered.is_new("t", second[1], None));
         let mut all = WrittenIds::recover(&log, 200, 100).unwrap();
-        assert!(!all.is_new(second[1]));
+        assert!(!all.is_new("t", second[1], None));
     }
 
     #[test]
@@ -232,17 +374,20 @@ mod tests {
         let mut written = WrittenIds::recover(&log, 0, 4).unwrap();
         let ids = ids(6);
         for (n, id) in ids.iter().enumerate() {
-            assert!(written.is_new(*id));
+            assert!(written.is_new("t", *id, None));
             written.stage_batch(n as u64, n as u64 + 1);
             written.flush(false).unwrap();
         }
         assert!(old_journal_path(&log).exists());
         let mut recovered = WrittenIds::recover(&log, 6, 4).unwrap();
         assert!(
-            ids[2..].iter().all(|id| !recovered.is_new(*id)),
+            ids[2..].iter().all(|id| !recovered.is_new("t", *id, None)),
             "the last window is known"
         );
-        assert!(recovered.is_new(ids[0]), "older ids fell out of the window");
+        assert!(
+            recovered.is_new("t", ids[0], None),
+            "older ids fell out of the window"
+        );
     }
 
     #[test]
@@ -251,17 +396,79 @@ mod tests {
         let log = dir.path().join("visits.log");
         let (before, after) = (ids(2), ids(1));
         let mut written = WrittenIds::recover(&log, 0, 100).unwrap();
-        before.iter().for_each(|id| assert!(written.is_new(*id)));
+        before
+            .iter()
+            .for_each(|id| assert!(written.is_new("t", *id, None)));
         written.stage_batch(0, 500);
         written.flush(true).unwrap();
         written.log_reopened(true).unwrap();
-        assert!(written.is_new(after[0]));
+        assert!(written.is_new("t", after[0], None));
         written.stage_batch(0, 100);
         written.flush(true).unwrap();
 
         // The new log holds 50 bytes: the batch after the reopen did not make it, the ones before did.
         let mut recovered = WrittenIds::recover(&log, 50, 100).unwrap();
-        assert!(!recovered.is_new(before[0]) && !recovered.is_new(before[1]));
-        assert!(recovered.is_new(after[0]));
+        assert!(!recovered.is_new("t", before[0], None) && !recovered.is_new("t", before[1], None));
+        assert!(recovered.is_new("t", after[0], None));
+    }
+
+    #[test]
+    fn sequence_numbers_find_duplicates_beyond_the_window_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("visits.log");
+        let mut written = WrittenIds::recover(&log, 0, 2).unwrap();
+        for seq in 1..=5 {
+            assert!(written.is_new("tracker/visits/a b", Uuid::now_v7(), Some(seq)));
+        }
+        assert!(written.is_new("tracker/visits/c", Uuid::now_v7(), Some(9)));
+        written.stage_batch(0, 100);
+        written.flush(true).unwrap();
+        let mut receipts = written.batch_durable();
+        receipts.sort();
+        assert_eq!(
+            receipts,
+            [
+                ("tracker/visits/a b".to_owned(), 5),
+                ("tracker/visits/c".to_owned(), 9)
+            ]
+        );
+        // Far more than the window of 2 ids, recognised by number alone.
+        assert!(!written.is_new("tracker/visits/a b", Uuid::now_v7(), Some(1)));
+        assert!(!written.is_new("tracker/visits/c", Uuid::now_v7(), Some(1)));
+        let mut again = written.batch_durable();
+        again.sort();
+        assert_eq!(
+            again, receipts,
+            "a batch of duplicates still earns receipts"
+        );
+
+        let mut recovered = WrittenIds::recover(&log, 100, 2).unwrap();
+        assert!(!recovered.is_new("tracker/visits/a b", Uuid::now_v7(), Some(5)));
+        assert!(recovered.is_new("tracker/visits/a b", Uuid::now_v7(), Some(6)));
+        // The log never got the batch: nothing it numbered counts.
+        let mut short = WrittenIds::recover(&log, 50, 2).unwrap();
+        assert_eq!(short.torn_batch_start(), Some(0));
+        assert!(short.is_new("tracker/visits/a b", Uuid::now_v7(), Some(1)));
+    }
+
+    #[test]
+    fn a_rotated_journal_keeps_every_edges_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("visits.log");
+        let mut written = WrittenIds::recover(&log, 0, 3).unwrap();
+        assert!(written.is_new("quiet", Uuid::now_v7(), Some(7)));
+        written.stage_batch(0, 1);
+        written.flush(false).unwrap();
+        written.batch_durable();
+        // Two rotations of a busy edge's records, which would drop the quiet edge's record with `.old`.
+        for n in 1..8u64 {
+            assert!(written.is_new("busy", Uuid::now_v7(), Some(n)));
+            written.stage_batch(n, n + 1);
+            written.flush(false).unwrap();
+            written.batch_durable();
+        }
+        let mut recovered = WrittenIds::recover(&log, 8, 3).unwrap();
+        assert!(!recovered.is_new("quiet", Uuid::now_v7(), Some(7)));
+        assert!(!recovered.is_new("busy", Uuid::now_v7(), Some(7)));
     }
 }

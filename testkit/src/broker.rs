@@ -171,6 +171,16 @@ impl Broker {
         self.signal(Signal::SIGKILL);
     }
 
+    /// Deletes the persistence snapshot of a stopped broker, as if it had lost its disk.
+    pub fn lose_persistence(&mut self) {
+        assert!(self.child.is_none(), "stop or kill the broker first");
+        match std::fs::remove_file(self.dir.path().join("mosquitto.db")) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => panic!("deleting the broker's persistence: {err}"),
+        }
+    }
+
     /// Starts it again on the same port with the same persistence directory.
     pub fn restart(&mut self) {
         assert!(

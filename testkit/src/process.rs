@@ -31,6 +31,11 @@ impl Service {
         let mut env = base_env(broker, EDGE_USER);
         env.push(("TRACKER__EDGE__ID".into(), format!("{EDGE_USER}/{id}")));
         env.push(("TRACKER__HTTP__LISTEN".into(), format!("127.0.0.1:{port}")));
+        // The default would be `spool/edge/{id}` in the working directory, shared by parallel tests.
+        env.push((
+            "TRACKER__EDGE__SPOOL_DIR".into(),
+            dir.join(format!("spool-{id}")).display().to_string(),
+        ));
         env.extend(owned(extra));
         Self::from_env("pixel-edge", env, dir.join(format!("{id}.log")), Some(port))
     }

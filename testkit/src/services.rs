@@ -21,6 +21,8 @@ pub struct TestEdge {
     pub https_addr: Option<SocketAddr>,
     shutdown: oneshot::Sender<()>,
     task: JoinHandle<anyhow::Result<()>>,
+    /// Holds its spool, unless the test chose another place.
+    _spool: tempfile::TempDir,
 }
 
 impl TestEdge {
@@ -112,6 +114,9 @@ pub async fn spawn_edge_with(
     };
     settings.edge.id = format!("{EDGE_USER}/{id}");
     settings.http.listen = "127.0.0.1:0".parse().unwrap();
+    // What `Settings::load` defaults to, but per test, so parallel tests never share a spool.
+    let spool = tempfile::tempdir().expect("temp dir for the spool");
+    settings.edge.spool_dir = Some(spool.path().to_owned());
     customize(&mut settings);
     settings.validate().expect("valid edge settings");
     let listeners = pixel_edge::Listeners::bind(&settings)
@@ -128,6 +133,7 @@ pub async fn spawn_edge_with(
         https_addr,
         shutdown,
         task,
+        _spool: spool,
     }
 }
 
