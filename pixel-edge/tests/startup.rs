@@ -7,7 +7,9 @@ use std::time::Duration;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-fn edge() -> Command {
+/// The binary with the shipped settings and its spool in `spool` (the default, `spool/{edge.id}` in
+/// the working directory, would land in the source tree).
+fn edge(spool: &std::path::Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_pixel-edge"));
     command
         .env_clear()
@@ -15,6 +17,7 @@ fn edge() -> Command {
             "TRACKER_CONFIG",
             concat!(env!("CARGO_MANIFEST_DIR"), "/appsettings.json"),
         )
+        .env("TRACKER__EDGE__SPOOL_DIR", spool)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     command
@@ -22,6 +25,7 @@ fn edge() -> Command {
 
 #[test]
 fn a_bad_setting_stops_start_up_naming_the_key() {
+    let spool = tempfile::tempdir().unwrap();
     for (var, value, key) in [
         ("TRACKER__MQTT__PORT", "nope", "mqtt.port"),
         ("TRACKER__HTTP__LISTEN", "everywhere", "http.listen"),
@@ -35,7 +39,7 @@ fn a_bad_setting_stops_start_up_naming_the_key() {
         ("TRACKER__PRIVACY__IP", "masked", "privacy.ip"),
         ("TRACKER__PRIVACY__IPV4_PREFIX", "33", "privacy.ipv4_prefix"),
     ] {
-        let output = edge().env(var, value).output().unwrap();
+        let output = edge(spool.path()).env(var, value).output().unwrap();
         assert!(!output.status.success(), "{var}={value} was accepted");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(key), "{var}={value}: {stderr}");
@@ -44,8 +48,9 @@ fn a_bad_setting_stops_start_up_naming_the_key() {
 
 #[test]
 fn sigterm_and_sigint_exit_cleanly() {
+    let spool = tempfile::tempdir().unwrap();
     for signal in [Signal::SIGTERM, Signal::SIGINT] {
-        let child = edge()
+        let child = edge(spool.path())
             .env("TRACKER__HTTP__LISTEN", "127.0.0.1:0")
             // Nothing listens on port 1: the edge keeps trying and must still stop when asked.
             .env("TRACKER__MQTT__PORT", "1")

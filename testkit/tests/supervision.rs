@@ -50,6 +50,10 @@ fn an_edge_whose_task_dies_exits_non_zero_naming_it() {
             [
                 ("TRACKER__EDGE__ID", format!("{EDGE_USER}/dying")),
                 (
+                    "TRACKER__EDGE__SPOOL_DIR",
+                    dir.path().join("spool").display().to_string(),
+                ),
+                (
                     "TRACKER__HTTP__LISTEN",
                     format!("127.0.0.1:{}", free_port()),
                 ),
