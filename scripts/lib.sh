@@ -25,6 +25,11 @@ ensure_haproxy() {
   command -v haproxy >/dev/null || install_packages haproxy
 }
 
+# The far-edge tests build their emulated links with ip (network namespaces, veth, TUN).
+ensure_iproute2() {
+  command -v ip >/dev/null || install_packages iproute2
+}
+
 install_packages() {
   [ $# -eq 0 ] && return
   local sudo=()

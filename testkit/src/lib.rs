@@ -6,6 +6,7 @@
 mod broker;
 mod curl;
 mod haproxy;
+mod link;
 mod load;
 pub mod mqtt;
 mod process;
@@ -15,9 +16,10 @@ pub mod visits_log;
 pub use broker::{free_port, init_secrets, workspace_root, Broker};
 pub use curl::{https_get, Fetched};
 pub use haproxy::{Balancing, Haproxy};
+pub use link::{Impairment, Link};
 pub use load::{client, Load, LoadReport};
 pub use process::Service;
 pub use services::{
-    read_lines, spawn_edge, spawn_edge_with, spawn_sink, wait_for_lines, TestEdge, TestSink,
-    EDGE_USER,
+    collect_lines, read_lines, settled_lines, spawn_edge, spawn_edge_with, spawn_sink,
+    wait_for_lines, TestEdge, TestSink, EDGE_USER,
 };

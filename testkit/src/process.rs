@@ -3,7 +3,7 @@
 //! append their logs to a file in the test's directory.
 
 use std::fs::OpenOptions;
-use std::net::{Ipv4Addr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
@@ -19,8 +19,10 @@ pub struct Service {
     binary: PathBuf,
     env: Vec<(String, String)>,
     log: PathBuf,
-    /// The edge's HTTP port; `None` for the sink.
-    http_port: Option<u16>,
+    /// Where the edge serves plain HTTP; `None` for the sink.
+    http_addr: Option<SocketAddr>,
+    /// The network namespace it runs in (a far site's, see [`crate::Link`]); `None`: the host's.
+    namespace: Option<String>,
     child: Option<Child>,
 }
 
@@ -40,6 +42,34 @@ impl Service {
         Self::from_env("pixel-edge", env, dir.join(format!("{id}.log")), Some(port))
     }
 
+    /// A pixel edge with id `edge/{id}` at the far site of `link`: it reaches the broker over the
+    /// link (plain MQTT on `host_addr`, or TLS to `mosquitto` when `extra` says so) and serves
+    /// visitors on the link's `visitor_addr`; `extra` adds or overrides settings.
+    pub fn far_edge(
+        broker: &Broker,
+        link: &crate::Link,
+        id: &str,
+        dir: &Path,
+        extra: &[(&str, &str)],
+    ) -> Self {
+        let addr = SocketAddr::from((link.visitor_addr, 8080));
+        let mut env = base_env(broker, EDGE_USER);
+        env.push(("TRACKER__MQTT__HOST".into(), link.host_addr.to_string()));
+        env.push(("TRACKER__EDGE__ID".into(), format!("{EDGE_USER}/{id}")));
+        env.push(("TRACKER__HTTP__LISTEN".into(), addr.to_string()));
+        env.extend(owned(extra));
+        let mut service = Self {
+            binary: binary("pixel-edge"),
+            env,
+            log: dir.join(format!("{id}.log")),
+            http_addr: Some(addr),
+            namespace: Some(link.namespace.clone()),
+            child: None,
+        };
+        service.start();
+        service
+    }
+
     /// The store sink writing `dir/visits.log`; `extra` adds or overrides settings.
     pub fn sink(broker: &Broker, dir: &Path, extra: &[(&str, &str)]) -> Self {
         let mut env = base_env(broker, "store-sink");
@@ -53,7 +83,7 @@ impl Service {
     }
 
     /// Starts binary `name` configured by `env` alone, logging to `log`; for an edge, `http_port` is
-    /// where it serves plain HTTP.
+    /// where it serves plain HTTP on 127.0.0.1.
     pub fn from_env(
         name: &str,
         env: Vec<(String, String)>,
@@ -64,19 +94,22 @@ impl Service {
             binary: binary(name),
             env,
             log,
-            http_port,
+            http_addr: http_port.map(|port| SocketAddr::from((Ipv4Addr::LOCALHOST, port))),
+            namespace: None,
             child: None,
         };
         service.start();
         service
     }
 
-    /// `http://127.0.0.1:<port>/track` of an edge.
+    /// `http://<addr>/track` of an edge.
     pub fn track_url(&self) -> String {
-        format!(
-            "http://127.0.0.1:{}/track",
-            self.http_port.expect("an edge")
-        )
+        format!("http://{}/track", self.http_addr.expect("an edge"))
+    }
+
+    /// `http://<addr>/metrics` of an edge.
+    pub fn metrics_url(&self) -> String {
+        format!("http://{}/metrics", self.http_addr.expect("an edge"))
     }
 
     /// Starts the process (again); an edge is waited for until it accepts connections.
@@ -87,7 +120,16 @@ impl Service {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(&self.binary)
+        let mut command = match &self.namespace {
+            Some(namespace) => {
+                // `ip netns exec` execs the binary, so the child's pid is the service's own.
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", namespace]).arg(&self.binary);
+                command
+            }
+            None => Command::new(&self.binary),
+        };
+        let child = command
             .env_clear()
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().unwrap())
@@ -95,9 +137,9 @@ impl Service {
             .spawn()
             .unwrap_or_else(|err| panic!("starting {}: {err}", self.binary.display()));
         self.child = Some(child);
-        if let Some(port) = self.http_port {
+        if let Some(addr) = self.http_addr {
             let deadline = Instant::now() + Duration::from_secs(10);
-            while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
+            while TcpStream::connect(addr).is_err() {
                 assert!(
                     Instant::now() < deadline,
                     "the edge did not start:\n{}",

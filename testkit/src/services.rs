@@ -198,3 +198,28 @@ pub async fn wait_for_lines(path: &Path, count: usize, patience: Duration) -> Ve
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// How long [`settled_lines`] and [`collect_lines`] wait at most.
+const SETTLE_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Waits until the log has stopped growing for `quiet` (or a minute has passed), then returns its lines.
+pub async fn settled_lines(path: &Path, quiet: Duration) -> Vec<String> {
+    let (mut count, mut since) = (usize::MAX, Instant::now());
+    let deadline = Instant::now() + SETTLE_PATIENCE;
+    loop {
+        let lines = read_lines(path);
+        if lines.len() != count {
+            (count, since) = (lines.len(), Instant::now());
+        } else if since.elapsed() >= quiet || Instant::now() > deadline {
+            return lines;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the log holds the `expected` visits, then until it stops growing (a duplicate would
+/// come late), and returns its lines.
+pub async fn collect_lines(path: &Path, expected: usize) -> Vec<String> {
+    wait_for_lines(path, expected, SETTLE_PATIENCE).await;
+    settled_lines(path, Duration::from_secs(1)).await
+}

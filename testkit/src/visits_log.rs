@@ -41,3 +41,24 @@ pub fn count_by_user_agent(lines: &[String]) -> HashMap<String, usize> {
     }
     counts
 }
+
+/// No marker twice, and every answered marker exactly once.
+pub fn assert_exactly_once(lines: &[String], answered: &[String], context: &str) {
+    let counts = count_by_user_agent(lines);
+    let twice: Vec<_> = counts.iter().filter(|(_, &n)| n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "{context}: written more than once: {twice:?}"
+    );
+    let lost: Vec<_> = answered
+        .iter()
+        .filter(|m| !counts.contains_key(*m))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{context}: {} of {} answered visits lost, e.g. {:?}",
+        lost.len(),
+        answered.len(),
+        &lost[..lost.len().min(5)]
+    );
+}

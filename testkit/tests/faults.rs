@@ -5,8 +5,10 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use testkit::visits_log::count_by_user_agent;
-use testkit::{client, read_lines, wait_for_lines, Broker, Load, LoadReport, Service};
+use testkit::visits_log::{assert_exactly_once, count_by_user_agent};
+use testkit::{
+    client, collect_lines, read_lines, settled_lines, Broker, Load, LoadReport, Service,
+};
 use tokio::time::sleep;
 
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -28,28 +30,6 @@ fn traffic(
     tokio::spawn(load.run(client()))
 }
 
-/// Waits until the log has stopped growing for `quiet`, then returns its lines.
-async fn settled_lines(path: &Path, quiet: Duration) -> Vec<String> {
-    let (mut count, mut since) = (usize::MAX, Instant::now());
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let lines = read_lines(path);
-        if lines.len() != count {
-            (count, since) = (lines.len(), Instant::now());
-        } else if since.elapsed() >= quiet || Instant::now() > deadline {
-            return lines;
-        }
-        sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Waits until the log holds the `expected` visits, then until it stops growing (a duplicate would
-/// come late), and returns its lines.
-async fn collect_lines(path: &Path, expected: usize) -> Vec<String> {
-    wait_for_lines(path, expected, PATIENCE).await;
-    settled_lines(path, Duration::from_secs(1)).await
-}
-
 /// Waits until `service`'s log mentions `text`.
 async fn wait_for_log(service: &Service, text: &str) {
     wait_for_log_count(service, text, 1).await;
@@ -66,27 +46,6 @@ async fn wait_for_log_count(service: &Service, text: &str, times: usize) {
         );
         sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// No marker twice, and every answered marker exactly once.
-fn assert_exactly_once(lines: &[String], answered: &[String], context: &str) {
-    let counts = count_by_user_agent(lines);
-    let twice: Vec<_> = counts.iter().filter(|(_, &n)| n > 1).collect();
-    assert!(
-        twice.is_empty(),
-        "{context}: written more than once: {twice:?}"
-    );
-    let lost: Vec<_> = answered
-        .iter()
-        .filter(|m| !counts.contains_key(*m))
-        .collect();
-    assert!(
-        lost.is_empty(),
-        "{context}: {} of {} answered visits lost, e.g. {:?}",
-        lost.len(),
-        answered.len(),
-        &lost[..lost.len().min(5)]
-    );
 }
 
 fn start_stack(dir: &Path) -> (Broker, Service, Service) {
