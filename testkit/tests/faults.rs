@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use testkit::visits_log::{assert_exactly_once, count_by_user_agent};
 use testkit::{
-    client, collect_lines, read_lines, settled_lines, Broker, Load, LoadReport, Service,
+    client, collect_lines, read_lines, settled_lines, wait_for_lines, Broker, Load, LoadReport,
+    Service,
 };
 use tokio::time::sleep;
 
