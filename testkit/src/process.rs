@@ -30,15 +30,8 @@ impl Service {
     /// A pixel edge with id `edge/{id}`, on a free port kept across restarts; `extra` adds or overrides settings.
     pub fn edge(broker: &Broker, id: &str, dir: &Path, extra: &[(&str, &str)]) -> Self {
         let port = free_port();
-        let mut env = base_env(broker, EDGE_USER);
-        env.push(("TRACKER__EDGE__ID".into(), format!("{EDGE_USER}/{id}")));
-        env.push(("TRACKER__HTTP__LISTEN".into(), format!("127.0.0.1:{port}")));
-        // The default would be `spool/edge/{id}` in the working directory, shared by parallel tests.
-        env.push((
-            "TRACKER__EDGE__SPOOL_DIR".into(),
-            dir.join(format!("spool-{id}")).display().to_string(),
-        ));
-        env.extend(owned(extra));
+        let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let env = edge_env(broker, id, dir, listen, extra);
         Self::from_env("pixel-edge", env, dir.join(format!("{id}.log")), Some(port))
     }
 
@@ -53,11 +46,14 @@ impl Service {
         extra: &[(&str, &str)],
     ) -> Self {
         let addr = SocketAddr::from((link.visitor_addr, 8080));
-        let mut env = base_env(broker, EDGE_USER);
-        env.push(("TRACKER__MQTT__HOST".into(), link.host_addr.to_string()));
-        env.push(("TRACKER__EDGE__ID".into(), format!("{EDGE_USER}/{id}")));
-        env.push(("TRACKER__HTTP__LISTEN".into(), addr.to_string()));
-        env.extend(owned(extra));
+        let host = link.host_addr.to_string();
+        let env = edge_env(
+            broker,
+            id,
+            dir,
+            addr,
+            &[&[("TRACKER__MQTT__HOST", host.as_str())], extra].concat(),
+        );
         let mut service = Self {
             binary: binary("pixel-edge"),
             env,
@@ -208,6 +204,26 @@ fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
+}
+
+/// An edge's settings: id `edge/{id}`, plain HTTP on `listen`, a spool in `dir`, then `extra`.
+fn edge_env(
+    broker: &Broker,
+    id: &str,
+    dir: &Path,
+    listen: SocketAddr,
+    extra: &[(&str, &str)],
+) -> Vec<(String, String)> {
+    let mut env = base_env(broker, EDGE_USER);
+    env.push(("TRACKER__EDGE__ID".into(), format!("{EDGE_USER}/{id}")));
+    env.push(("TRACKER__HTTP__LISTEN".into(), listen.to_string()));
+    // The default would be `spool/edge/{id}` in the working directory, shared by parallel tests.
+    env.push((
+        "TRACKER__EDGE__SPOOL_DIR".into(),
+        dir.join(format!("spool-{id}")).display().to_string(),
+    ));
+    env.extend(owned(extra));
+    env
 }
 
 fn base_env(broker: &Broker, user: &str) -> Vec<(String, String)> {
