@@ -7,6 +7,7 @@ pub mod blocking;
 pub mod configuration;
 pub mod line;
 pub mod metrics;
+pub mod rate_limit;
 pub mod shutdown;
 pub mod supervision;
 pub mod telemetry;

@@ -33,6 +33,9 @@ pub enum EventError {
     UnsupportedVersion(String),
     #[error("not a v1 visit event: {0}")]
     Invalid(#[from] serde_json::Error),
+    /// Told without parsing: a message of a million junk lines costs a byte test per line.
+    #[error("not a v1 visit event: not a JSON object")]
+    NotAnObject,
 }
 
 /// Appends `visit` to `out` as one JSON line, newline included.
@@ -108,6 +111,9 @@ pub fn decode_message(payload: &[u8]) -> impl Iterator<Item = (&[u8], Result<Eve
 
 /// Decodes one JSON event; the visit's IP is canonical (IPv4-mapped IPv6 becomes IPv4).
 pub fn decode_event(line: &[u8]) -> Result<Event, EventError> {
+    if line.trim_ascii_start().first() != Some(&b'{') {
+        return Err(EventError::NotAnObject);
+    }
     match serde_json::from_slice::<EventIn>(line) {
         Ok(event) if event.v == EVENT_VERSION => Ok(Event {
             visit: Visit {

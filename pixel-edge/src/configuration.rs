@@ -103,6 +103,8 @@ pub struct EdgeSettings {
     pub id: String,
     /// Visits held in memory while the broker is slow or away; past it a visit is dropped and counted.
     pub queue_capacity: usize,
+    /// The same queue's bound in bytes of encoded visits (long headers make a visit ~16 KB).
+    pub queue_max_bytes: usize,
     /// On shutdown, how long the edge keeps trying to deliver what it holds before it gives up.
     pub drain_timeout_secs: u64,
     /// Where visits wait on disk until they are confirmed. Unset: `spool/{edge.id}` in the working
@@ -123,6 +125,7 @@ impl Default for EdgeSettings {
             // Empty: derived in `Settings::load`, once the user name is known.
             id: String::new(),
             queue_capacity: 100_000,
+            queue_max_bytes: 64 * 1024 * 1024,
             drain_timeout_secs: 10,
             spool_dir: None,
             receipts: true,
@@ -298,6 +301,12 @@ impl Settings {
             return Err(SettingsError::invalid(
                 "edge.max_field_bytes",
                 "must be at least 1",
+            ));
+        }
+        if self.edge.queue_max_bytes < 1024 * 1024 {
+            return Err(SettingsError::invalid(
+                "edge.queue_max_bytes",
+                "must be at least 1 MiB (1048576)",
             ));
         }
         if self.edge.queue_capacity == 0 {
@@ -565,6 +574,11 @@ mod tests {
                 "TRACKER__PRIVACY__HASH_KEY_FILE",
                 "/etc/key",
                 "privacy.hash_key_file",
+            ),
+            (
+                "TRACKER__EDGE__QUEUE_MAX_BYTES",
+                "1000",
+                "edge.queue_max_bytes",
             ),
         ];
         for (var, value, key) in cases {

@@ -97,7 +97,8 @@ pub async fn run(
             None
         }
     };
-    let (queue, queue_rx) = queue::channel(settings.edge.queue_capacity);
+    let (queue, queue_rx) =
+        queue::channel(settings.edge.queue_capacity, settings.edge.queue_max_bytes);
     let broker_connected = Arc::new(AtomicBool::new(false));
     let stop_publishing = CancellationToken::new();
     let publisher = Publisher::new(&settings, queue_rx, spool, broker_connected.clone())?;

@@ -20,14 +20,13 @@ use rumqttc::v5::mqttbytes::v5::{PubAckReason, Publish, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{Event, Incoming, MqttOptions};
 use rumqttc::Outgoing;
-use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::{Batch, MAX_BATCH_BYTES};
 use crate::configuration::Settings;
 use crate::connection::{Connection, LinkEvent};
-use crate::queue::EncodedVisit;
+use crate::queue::{self, EncodedVisit};
 use crate::spool::Spool;
 
 /// Batches published but not yet acknowledged. Small on purpose: while two wait for their PUBACK, new
@@ -48,7 +47,7 @@ pub struct Publisher {
     topic: String,
     /// `Some` with `edge.receipts`: where the sink confirms this edge's visits.
     receipt_topic: Option<String>,
-    queue: mpsc::Receiver<EncodedVisit>,
+    queue: queue::Receiver,
     /// `None` without a spool, and while a spool call runs on the blocking pool.
     spool: Option<Spool>,
     /// Shared with `/readyz`: true between the CONNACK and the loss of the connection.
@@ -77,7 +76,7 @@ pub struct Publisher {
 impl Publisher {
     pub fn new(
         settings: &Settings,
-        queue: mpsc::Receiver<EncodedVisit>,
+        queue: queue::Receiver,
         spool: Option<Spool>,
         broker_connected: Arc<AtomicBool>,
     ) -> Result<Self, SettingsError> {
@@ -187,7 +186,7 @@ impl Publisher {
             .chain(self.submitted.iter().map(|(_, b)| b))
             .chain(self.in_flight.values().map(|(_, b)| b))
             .filter(|b| !b.spooled);
-        (batches.map(|b| b.visits).sum::<usize>() + self.queue.len()) as u64
+        (batches.map(|b| b.visits).sum::<usize>() + self.queue.waiting()) as u64
     }
 
     /// Runs `work` on the spool on the blocking pool; `None` without a spool.

@@ -180,6 +180,7 @@ impl Tracker {
 
     fn render_metrics(&self) -> Response {
         metrics::gauge!("tracker_edge_queue_depth").set(self.queue.depth() as f64);
+        metrics::gauge!("tracker_edge_queue_bytes").set(self.queue.bytes() as f64);
         warp::reply::with_header(
             self.metrics.render(),
             header::CONTENT_TYPE,

@@ -43,6 +43,8 @@ pub struct StorageSettings {
     pub fsync: bool,
     /// Referrer and user-agent are cut to this many bytes (before escaping).
     pub max_field_bytes: usize,
+    /// A dead-letter record keeps this many bytes of a rejected message's content (before escaping).
+    pub max_rejected_bytes: usize,
     /// How many of the most recently written visit ids are remembered (in memory and in
     /// `<path>.ids`) to drop redelivered duplicates.
     pub dedup_window: usize,
@@ -55,6 +57,7 @@ impl Default for StorageSettings {
             rejected_path: None,
             fsync: true,
             max_field_bytes: 4096,
+            max_rejected_bytes: 64 * 1024,
             dedup_window: 250_000,
         }
     }

@@ -21,6 +21,9 @@ use crate::storage::{Outcome, Storage};
 
 /// At most this many messages share one flush; the broker keeps up to 1000 in flight to the sink.
 const MAX_BATCH_MESSAGES: usize = 1000;
+/// A batch stops growing once its messages carry this many bytes, so what one flush formats stays
+/// bounded whatever the messages hold (the broker's `max_inflight_bytes` bounds what waits behind it).
+const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 /// A small batch this soon after the last flush means a steady trickle: the writer then waits `LINGER`
 /// for more to share the flush. Fewer, larger batches nearly halved the sink's CPU per visit under load
 /// (bench/RESULTS.md); a lone visit under light load, or a backlog, is written at once.
@@ -150,12 +153,13 @@ impl Writer {
                     record_stored(
                         &outcome,
                         bytes,
-                        self.storage.as_ref().and_then(Storage::newest_visit),
+                        self.storage.as_mut().and_then(Storage::take_newest_visit),
                     );
                     tracing::debug!(messages = batch.len(), ?outcome, "batch stored");
                     return true;
                 }
                 Err(err) => {
+                    metrics::counter!("tracker_sink_write_retries_total").increment(1);
                     let delay = retry_delays.next().unwrap_or(Duration::from_secs(5));
                     tracing::error!(retry_in = ?delay, "writing visits failed, nothing acked: {err}");
                     tokio::select! {
@@ -186,11 +190,15 @@ impl Writer {
     }
 }
 
-/// Moves the messages already waiting into `batch`, up to its size limit.
+/// Moves the messages already waiting into `batch`, up to its size limits.
 fn take_waiting(messages: &mut mpsc::UnboundedReceiver<Publish>, batch: &mut Vec<Publish>) {
-    while batch.len() < MAX_BATCH_MESSAGES {
+    let mut bytes: usize = batch.iter().map(|message| message.payload.len()).sum();
+    while batch.len() < MAX_BATCH_MESSAGES && bytes < MAX_BATCH_BYTES {
         match messages.try_recv() {
-            Ok(message) => batch.push(message),
+            Ok(message) => {
+                bytes += message.payload.len();
+                batch.push(message);
+            }
             Err(_) => break,
         }
     }
@@ -200,6 +208,10 @@ fn record_stored(outcome: &Outcome, bytes: usize, newest_visit: Option<DateTime<
     metrics::counter!("tracker_sink_visits_written_total").increment(outcome.written as u64);
     metrics::counter!("tracker_sink_duplicates_dropped_total").increment(outcome.duplicates as u64);
     metrics::counter!("tracker_sink_events_rejected_total").increment(outcome.rejected as u64);
+    metrics::counter!("tracker_sink_dead_letter_messages_total")
+        .increment(outcome.dead_letters as u64);
+    metrics::counter!("tracker_sink_dead_letter_bytes_total")
+        .increment(outcome.dead_letter_bytes as u64);
     metrics::counter!("tracker_sink_bytes_written_total").increment(bytes as u64);
     if let Some(newest) = newest_visit {
         let lag = (Utc::now() - newest).to_std().unwrap_or_default();

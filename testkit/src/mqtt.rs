@@ -7,7 +7,13 @@ use crate::Broker;
 
 /// Publishes `payloads` to `topic` at QoS 1 as `user` of `broker`, and returns how many the broker
 /// acknowledged before all were, or before it closed the connection (as it does on an oversized packet).
-pub async fn publish(broker: &Broker, user: &str, topic: &str, payloads: Vec<Vec<u8>>) -> usize {
+/// The payloads are made as they are sent, so a gigabyte of them never sits in memory.
+pub async fn publish(
+    broker: &Broker,
+    user: &str,
+    topic: &str,
+    payloads: impl ExactSizeIterator<Item = Vec<u8>> + Send + 'static,
+) -> usize {
     let mut options =
         MqttOptions::new(format!("test-{user}-publisher"), "127.0.0.1", broker.port());
     options.set_credentials(user, broker.password(user));

@@ -74,7 +74,7 @@ async fn an_oversized_packet_sent_to_a_site_does_not_wedge_its_bridge() {
         &site,
         "paris",
         "tracker/visits/paris/big",
-        vec![vec![b'x'; 2 << 20]],
+        vec![vec![b'x'; 2 << 20]].into_iter(),
     )
     .await;
     assert_eq!(acked, 0, "site log:\n{}", site.log());

@@ -202,3 +202,49 @@ async fn health_readiness_and_metrics() {
     );
     edge.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_queue_is_bounded_in_bytes_and_drops_are_counted_by_reason() {
+    let mut broker = Broker::start();
+    let edge = edge_without_sink(&broker, |s| s.edge.queue_max_bytes = 1 << 20).await;
+    let client = reqwest::Client::new();
+    broker.stop();
+    // Two 4 KiB headers: ~8.5 KB a visit, so 1 MiB holds about 120 of them, well under the count bound.
+    let header = "x".repeat(4096);
+    for _ in 0..300 {
+        let status = client
+            .get(edge.track_url())
+            .header(USER_AGENT, &header)
+            .header("Referer", &header)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200, "the pixel is served whatever is dropped");
+    }
+    let metrics = client
+        .get(format!("http://{}/metrics", edge.addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from:\n{metrics}"))
+    };
+    let dropped = value("tracker_edge_visits_dropped_total{reason=\"queue_bytes\"}");
+    let depth = value("tracker_edge_queue_depth");
+    let bytes = value("tracker_edge_queue_bytes");
+    assert!(dropped > 100.0 && dropped < 250.0, "{dropped} dropped");
+    assert_eq!(dropped + depth, 300.0);
+    assert!(
+        bytes <= (1 << 20) as f64 && bytes > 0.9 * (1 << 20) as f64,
+        "{bytes} bytes"
+    );
+    broker.restart();
+    edge.stop().await;
+}
