@@ -207,6 +207,8 @@ impl Publisher {
         match self.with_spool(move |spool| spool.append(&payload)).await {
             Some(Ok(())) => self.record_spool_metrics(),
             Some(Err(err)) => {
+                metrics::counter!("tracker_edge_spool_errors_total", "operation" => "append")
+                    .increment(1);
                 tracing::error!(
                     visits = batch.visits,
                     "could not spool a batch, holding it in memory: {err}"
@@ -267,6 +269,8 @@ impl Publisher {
         }
         match self.with_spool(Spool::next_batch).await {
             Some(read) => read.unwrap_or_else(|err| {
+                metrics::counter!("tracker_edge_spool_errors_total", "operation" => "read")
+                    .increment(1);
                 tracing::error!("could not read the spool: {err}");
                 None
             }),
@@ -398,6 +402,8 @@ impl Publisher {
     /// may have been accepted (their numbers are higher) and the sink would take the old ones for
     /// duplicates.
     async fn on_refused(&mut self, reason: PubAckReason, batch: Batch) {
+        metrics::counter!("tracker_edge_puback_refused_total", "reason" => format!("{reason:?}"))
+            .increment(1);
         tracing::warn!(
             ?reason,
             visits = batch.visits,
@@ -408,9 +414,13 @@ impl Publisher {
             let payload = batch.payload.clone();
             match self.with_spool(move |spool| spool.append(&payload)).await {
                 Some(Ok(())) => return,
-                Some(Err(err)) => tracing::error!(
-                    "could not spool a refused batch again, holding it in memory: {err}"
-                ),
+                Some(Err(err)) => {
+                    metrics::counter!("tracker_edge_spool_errors_total", "operation" => "append")
+                        .increment(1);
+                    tracing::error!(
+                        "could not spool a refused batch again, holding it in memory: {err}"
+                    )
+                }
                 None => {}
             }
         }
@@ -444,12 +454,15 @@ impl Publisher {
             .with_spool(move |spool| spool.confirm_through(seq))
             .await
         {
+            metrics::counter!("tracker_edge_spool_errors_total", "operation" => "cleanup")
+                .increment(1);
             tracing::warn!("could not clean up the spool: {err}");
         }
         self.record_spool_metrics();
     }
 
     fn connection_lost(&mut self, why: &str) {
+        metrics::counter!("tracker_edge_broker_reconnects_total").increment(1);
         let delay = self.retry_delays.next().unwrap_or(Duration::from_secs(5));
         let resend = self.submitted.len() + self.in_flight.len();
         tracing::warn!(batches_to_resend = resend, retry_in = ?delay, "broker connection lost: {why}");

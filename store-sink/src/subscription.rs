@@ -60,6 +60,7 @@ pub async fn drive(
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 tracing::info!(session_present = ack.session_present, %filter, "connected to the broker");
                 retry_delays = common::backoff::retry_delays();
+                metrics::gauge!("tracker_sink_broker_connected").set(1.0);
                 if let Err(err) = client.try_subscribe(&filter, QoS::AtLeastOnce) {
                     tracing::error!("could not request the subscription: {err}");
                 }
@@ -75,6 +76,7 @@ pub async fn drive(
             Ok(_) => {}
             Err(err) => {
                 health.subscribed.store(false, Ordering::Relaxed);
+                metrics::gauge!("tracker_sink_broker_connected").set(0.0);
                 let delay = retry_delays.next().unwrap_or(Duration::from_secs(5));
                 tracing::warn!(retry_in = ?delay, "broker connection lost: {err}");
                 tokio::select! {

@@ -200,6 +200,24 @@ async fn health_readiness_and_metrics() {
         .await,
         200
     );
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    // No sink subscribed: the broker refused the visits with "no matching subscribers".
+    for expected in [
+        "tracker_edge_broker_reconnects_total",
+        "tracker_edge_puback_refused_total{reason=\"NoMatchingSubscribers\"}",
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "{expected} missing from:\n{metrics}"
+        );
+    }
     edge.stop().await;
 }
 

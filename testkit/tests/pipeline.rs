@@ -347,6 +347,14 @@ async fn a_malformed_message_is_set_aside_and_the_next_visit_lands() {
     wait_for_lines(&sink.path, 2, PATIENCE).await;
     let rejected = wait_for_lines(&sink.rejected_path, 2, PATIENCE).await;
     edge.stop().await;
+    let metrics = client
+        .get(format!("http://{}/metrics", sink.metrics_addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     sink.stop().await;
     assert_eq!(
         count_by_user_agent(&sink.lines()),
@@ -374,6 +382,17 @@ async fn a_malformed_message_is_set_aside_and_the_next_visit_lands() {
         "{}",
         rejected[1]
     );
+    for (metric, at_least) in [
+        ("tracker_sink_dead_letter_messages_total", 2.0),
+        ("tracker_sink_dead_letter_bytes_total", 100.0),
+        ("tracker_sink_broker_connected", 1.0),
+    ] {
+        let value: f64 = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(metric)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{metric} missing from:\n{metrics}"));
+        assert!(value >= at_least, "{metric} = {value}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
