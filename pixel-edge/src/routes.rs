@@ -92,6 +92,7 @@ pub fn routes(tracker: Arc<Tracker>) -> BoxedFilter<(Response,)> {
                                 tracker.requests.visit.increment(1);
                                 tracker.record(&headers, peer, rules);
                             }
+                            // An honoured opt-out signal under `privacy.opt_out = skip`.
                             None => tracker.requests.opted_out.increment(1),
                         }
                         pixel()

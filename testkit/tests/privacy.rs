@@ -293,6 +293,26 @@ async fn truncate_hash_strip_query_and_origin_keep_raw_values_out_of_log_and_bro
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_the_forwarded_visitor_is_what_is_truncated() {
+    let mut stack = stack().await;
+    let edge = stack.edge(
+        "behind-proxy",
+        &[
+            ("TRACKER__HTTP__TRUSTED_PROXIES", "127.0.0.1/32"),
+            ("TRACKER__PRIVACY__IP", "truncate"),
+        ],
+    );
+    visit(&edge, "forwarded", &[("X-Forwarded-For", "203.0.113.77")]).await;
+    let line = stack.lines_of(&["forwarded"]).await.remove(0);
+    let event = stack.payloads.event_of("forwarded").await;
+    assert_eq!(parse(&line).ip, "203.0.113.0");
+    assert_eq!(event["ip"], "203.0.113.0");
+    for text in [line, event.to_string()] {
+        assert!(!text.contains("203.0.113.77"), "{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hash_key_file_keeps_hashes_across_restarts() {
     let mut stack = stack().await;
     let key_file = stack.dir.path().join("hash.key");
