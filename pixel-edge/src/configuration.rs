@@ -117,6 +117,9 @@ pub struct EdgeSettings {
     pub spool_max_bytes: u64,
     /// Referrer and user-agent are cut to this many bytes before they are queued.
     pub max_field_bytes: usize,
+    /// Published batches (256 KiB each at most) waiting for their PUBACK, in bytes at most: the
+    /// window grows to it only while full batches come back acknowledged (a long or lossy link).
+    pub max_in_flight_bytes: usize,
 }
 
 impl Default for EdgeSettings {
@@ -131,6 +134,7 @@ impl Default for EdgeSettings {
             receipts: true,
             spool_max_bytes: 256 * 1024 * 1024,
             max_field_bytes: 4096,
+            max_in_flight_bytes: 8 * 1024 * 1024,
         }
     }
 }
@@ -297,6 +301,12 @@ impl Settings {
             ));
         }
         self.validate_https()?;
+        if self.edge.max_in_flight_bytes < 2 * crate::batch::MAX_BATCH_BYTES {
+            return Err(SettingsError::invalid(
+                "edge.max_in_flight_bytes",
+                "must be at least 524288 (two batches)",
+            ));
+        }
         if self.edge.max_field_bytes == 0 {
             return Err(SettingsError::invalid(
                 "edge.max_field_bytes",
@@ -517,6 +527,11 @@ mod tests {
             ),
             ("TRACKER__EDGE__ID", "a/+", "edge.id"),
             ("TRACKER__EDGE__QUEUE_CAPACITY", "0", "edge.queue_capacity"),
+            (
+                "TRACKER__EDGE__MAX_IN_FLIGHT_BYTES",
+                "100000",
+                "edge.max_in_flight_bytes",
+            ),
             (
                 "TRACKER__EDGE__QUEUE_CAPACITY",
                 "lots",

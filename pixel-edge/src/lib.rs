@@ -5,6 +5,7 @@
 mod batch;
 pub mod configuration;
 mod connection;
+mod flight_window;
 mod forwarded;
 pub mod https;
 pub mod privacy;

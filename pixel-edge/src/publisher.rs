@@ -26,14 +26,10 @@ use tokio_util::sync::CancellationToken;
 use crate::batch::{Batch, MAX_BATCH_BYTES};
 use crate::configuration::Settings;
 use crate::connection::{Connection, LinkEvent};
+use crate::flight_window::FlightWindow;
 use crate::queue::{self, EncodedVisit};
 use crate::spool::Spool;
 
-/// Batches published but not yet acknowledged. Small on purpose: while two wait for their PUBACK, new
-/// visits gather into the next batch, so under load a message carries dozens of visits (16 gave ~5
-/// per message and tripled the broker's CPU per visit, see bench/RESULTS.md), while an idle edge still
-/// sends each visit at once.
-const WINDOW: usize = 2;
 /// After the broker refuses a batch (e.g. "no matching subscribers"), wait this long before trying again.
 const REFUSED_PAUSE: Duration = Duration::from_secs(1);
 /// Batches held in memory because the spool failed (or there is none) stop the publisher taking more
@@ -62,6 +58,8 @@ pub struct Publisher {
     submitted: VecDeque<(Instant, Batch)>,
     /// Sent, waiting for their PUBACK.
     in_flight: HashMap<u16, (Instant, Batch)>,
+    /// How many of those there may be (`submitted` included).
+    window: FlightWindow,
     connection: Option<Connection>,
     /// When to try connecting again while there is no connection.
     reconnect_at: Instant,
@@ -89,8 +87,9 @@ impl Publisher {
         options.set_connection_timeout(settings.mqtt.connect_timeout_secs);
         // The edge keeps no broker session: it resends what was not confirmed itself (see `connection`).
         options.set_clean_start(true);
+        let window = FlightWindow::new(settings.edge.max_in_flight_bytes);
         // rumqttc sizes a table by this limit (u16::MAX by default: 14 MB); the window never needs more.
-        options.set_outgoing_inflight_upper_limit(WINDOW as u16);
+        options.set_outgoing_inflight_upper_limit(window.max_batches() as u16);
         options.set_transport(settings.mqtt.transport()?);
         if let Some((user, password)) = settings.mqtt.credentials()? {
             options.set_credentials(user, password);
@@ -107,6 +106,7 @@ impl Publisher {
             outbox_bytes: 0,
             submitted: VecDeque::new(),
             in_flight: HashMap::new(),
+            window,
             connection: None,
             reconnect_at: Instant::now(),
             retry_delays: Box::new(common::backoff::retry_delays()),
@@ -168,7 +168,8 @@ impl Publisher {
     }
 
     fn window_has_room(&self) -> bool {
-        self.submitted.len() + self.in_flight.len() < WINDOW
+        self.window
+            .has_room(self.submitted.len() + self.in_flight.len())
     }
 
     fn holds_nothing(&self) -> bool {
@@ -327,7 +328,8 @@ impl Publisher {
 
     fn connect(&mut self) {
         tracing::debug!(host = %self.options.broker_address().0, "connecting to the broker");
-        self.connection = Some(Connection::open(self.options.clone(), 2 * WINDOW + 8));
+        let capacity = 2 * self.window.max_batches() + 8;
+        self.connection = Some(Connection::open(self.options.clone(), capacity));
     }
 
     async fn on_event(&mut self, event: Option<LinkEvent>) {
@@ -387,6 +389,7 @@ impl Publisher {
     }
 
     async fn on_delivered(&mut self, submitted_at: Instant, batch: Batch) {
+        self.window.acked(batch.payload.len());
         self.delivered += batch.visits as u64;
         metrics::counter!("tracker_edge_visits_acknowledged_total").increment(batch.visits as u64);
         metrics::histogram!("tracker_edge_publish_ack_seconds").record(submitted_at.elapsed());
@@ -410,6 +413,7 @@ impl Publisher {
             "broker refused a batch; retrying in {REFUSED_PAUSE:?}"
         );
         self.paused_until = Some(Instant::now() + REFUSED_PAUSE);
+        self.window.reset();
         if batch.spooled {
             let payload = batch.payload.clone();
             match self.with_spool(move |spool| spool.append(&payload)).await {
@@ -493,6 +497,7 @@ impl Publisher {
             self.unpop_outbox(batch);
         }
         self.connection = None;
+        self.window.reset();
         self.set_connected(false);
         self.reconnect_at = Instant::now() + delay;
     }
