@@ -2,6 +2,7 @@
 //! ([`wire`]), how it is written to the log ([`line`]), and the plumbing both binaries need
 //! (layered settings, logging, shutdown signals, task supervision).
 
+pub mod admin;
 pub mod backoff;
 pub mod blocking;
 pub mod configuration;

@@ -1,4 +1,4 @@
-//! The edge's settings: `mqtt.*`, `http.*`, `https.*`, `edge.*` and `privacy.*`, layered as described in
+//! The edge's settings: `mqtt.*`, `http.*`, `https.*`, `edge.*`, `privacy.*` and `admin.*`, layered as described in
 //! [`common::configuration`].
 
 use std::net::SocketAddr;
@@ -20,7 +20,25 @@ pub struct Settings {
     pub http: HttpSettings,
     pub https: HttpsSettings,
     pub edge: EdgeSettings,
+    pub admin: AdminSettings,
     pub privacy: PrivacySettings,
+}
+
+/// The admin listener: `/healthz`, `/readyz` and `/metrics`, never on the pixel's ports.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct AdminSettings {
+    /// Where the admin routes are served, e.g. `127.0.0.1:9091`.
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        // 9091: beside a sink on the same host, which takes 9090.
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 9091)),
+        }
+    }
 }
 
 /// The plain-HTTP listener, and the limits both listeners (plain and TLS) apply.

@@ -1,6 +1,6 @@
 //! The pixel edge: serves `GET /track` with a transparent GIF at once, over HTTP and HTTPS, and hands
 //! each visit to a bounded queue; one publisher task delivers the queue to the broker. The server, the
-//! publisher and the certificate reloader are watched: if one ends before shutdown, `run` fails.
+//! publisher, the admin listener and the certificate reloader are watched: if one ends before shutdown, `run` fails.
 
 mod batch;
 pub mod configuration;
@@ -36,6 +36,8 @@ use crate::spool::Spool;
 
 /// The sockets the edge serves on.
 pub struct Listeners {
+    /// `/healthz`, `/readyz` and `/metrics`, on `admin.listen`.
+    pub admin: TcpListener,
     /// Plain HTTP, when `http.enabled`.
     pub http: Option<TcpListener>,
     /// HTTPS, when `https.listen` is set.
@@ -53,7 +55,14 @@ impl Listeners {
             Some(addr) => Some(bind(addr, "https.listen").await?),
             None => None,
         };
-        Ok(Self { http, https })
+        let admin = bind(settings.admin.listen, "admin.listen").await?;
+        Ok(Self { admin, http, https })
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     pub fn http_addr(&self) -> Option<SocketAddr> {
@@ -115,7 +124,6 @@ pub async fn run(
         trusted_proxies: settings.http.trusted_proxies(),
         privacy,
         broker_connected,
-        metrics,
         requests: RequestCounters::register(),
     });
     let stop_reloading = CancellationToken::new();
@@ -138,6 +146,7 @@ pub async fn run(
     tracing::info!(
         http = ?listeners.http.as_ref().map(TcpListener::local_addr).transpose()?,
         https = ?https.as_ref().map(|(l, _, _)| l.local_addr()).transpose()?,
+        admin = %listeners.admin.local_addr()?,
         privacy = %tracker.privacy,
         "pixel edge started"
     );
@@ -146,6 +155,17 @@ pub async fn run(
         None => (None, None),
     };
     let stop_serving = CancellationToken::new();
+    // Stopped last: health and metrics stay up while the edge drains.
+    let stop_admin = CancellationToken::new();
+    let mut admin = Watched::spawn(
+        "admin listener",
+        common::admin::serve(
+            listeners.admin,
+            tracker.clone(),
+            metrics,
+            stop_admin.clone().cancelled_owned(),
+        ),
+    );
     let http_settings = settings.http.clone();
     let serving = stop_serving.clone().cancelled_owned();
     let mut server = Watched::spawn("HTTP server", async move {
@@ -163,6 +183,7 @@ pub async fn run(
         _ = shutdown => {}
         ended = server.ended() => return Err(ended.into()),
         ended = publisher.ended() => return Err(ended.into()),
+        ended = admin.ended() => return Err(ended.into()),
         ended = async {
             match reloader.as_mut() {
                 Some(reloader) => reloader.ended().await,
@@ -178,5 +199,7 @@ pub async fn run(
     }
     stop_publishing.cancel();
     publisher.join().await?;
+    stop_admin.cancel();
+    admin.join().await?;
     Ok(())
 }

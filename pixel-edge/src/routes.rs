@@ -1,14 +1,14 @@
-//! The HTTP surface: `GET /track` records a visit and returns the pixel; `HEAD /track` returns the
-//! same headers and records nothing; other methods on `/track` get 405. `GET /healthz` (alive),
-//! `GET /readyz` (broker connected, or room left to hold visits) and `GET /metrics` (Prometheus).
-//! Everything else is 404.
+//! The pixel's HTTP surface: `GET /track` records a visit and returns the pixel; `HEAD /track` returns
+//! the same headers and records nothing; other methods on `/track` get 405. Everything else is 404:
+//! `/healthz`, `/readyz` (broker connected, or room left to hold visits) and `/metrics` are on the
+//! admin listener ([`common::admin`]), never on the pixel's ports.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use chrono::Utc;
-use common::metrics::PrometheusHandle;
+use common::admin::Health;
 use common::{line, wire, HeaderText, Visit};
 use metrics::Counter;
 use warp::filters::BoxedFilter;
@@ -46,7 +46,6 @@ pub struct Tracker {
     pub privacy: Privacy,
     /// Set by the publisher while it has a broker connection.
     pub broker_connected: Arc<AtomicBool>,
-    pub metrics: PrometheusHandle,
     pub requests: RequestCounters,
 }
 
@@ -75,7 +74,7 @@ impl RequestCounters {
     }
 }
 
-/// All routes of the edge.
+/// The routes of the pixel's ports.
 pub fn routes(tracker: Arc<Tracker>) -> BoxedFilter<(Response,)> {
     let with_tracker = warp::any().map(move || tracker.clone());
     let track = warp::path!("track")
@@ -108,31 +107,11 @@ pub fn routes(tracker: Arc<Tracker>) -> BoxedFilter<(Response,)> {
                 }
             },
         );
-    let healthz = warp::path!("healthz")
-        .and(warp::get())
-        .map(|| "ok".into_response());
-    let readyz = warp::path!("readyz")
-        .and(warp::get())
-        .and(with_tracker.clone())
-        .map(|tracker: Arc<Tracker>| tracker.readiness());
-    let metrics = warp::path!("metrics")
-        .and(warp::get())
-        .and(with_tracker.clone())
-        .map(|tracker: Arc<Tracker>| tracker.render_metrics());
     let not_found = with_tracker.map(|tracker: Arc<Tracker>| {
         tracker.requests.not_found.increment(1);
         StatusCode::NOT_FOUND.into_response()
     });
-    track
-        .or(healthz)
-        .unify()
-        .or(readyz)
-        .unify()
-        .or(metrics)
-        .unify()
-        .or(not_found)
-        .unify()
-        .boxed()
+    track.or(not_found).unify().boxed()
 }
 
 impl Tracker {
@@ -164,30 +143,21 @@ impl Tracker {
     pub fn visitor_address(&self, peer: Peer, headers: &HeaderMap) -> IpAddr {
         self.trusted_proxies.visitor(peer.0.ip(), headers)
     }
+}
 
+impl Health for Tracker {
     /// Ready while the broker is connected, or while there is still room to hold visits for it.
-    fn readiness(&self) -> Response {
+    fn readiness(&self) -> Result<(), &'static str> {
         let connected = self.broker_connected.load(Ordering::Relaxed);
-        if connected || self.queue.has_room() {
-            "ready".into_response()
-        } else {
-            warp::reply::with_status(
-                "broker away and the hold is full",
-                StatusCode::SERVICE_UNAVAILABLE,
-            )
-            .into_response()
+        match connected || self.queue.has_room() {
+            true => Ok(()),
+            false => Err("broker away and the hold is full"),
         }
     }
 
-    fn render_metrics(&self) -> Response {
+    fn before_scrape(&self) {
         metrics::gauge!("tracker_edge_queue_depth").set(self.queue.depth() as f64);
         metrics::gauge!("tracker_edge_queue_bytes").set(self.queue.bytes() as f64);
-        warp::reply::with_header(
-            self.metrics.render(),
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )
-        .into_response()
     }
 }
 

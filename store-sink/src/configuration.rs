@@ -1,4 +1,4 @@
-//! The sink's settings: `mqtt.*` and `storage.*`, layered as described in [`common::configuration`].
+//! The sink's settings: `mqtt.*`, `storage.*` and `admin.*`, layered as described in [`common::configuration`].
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,17 +13,19 @@ pub struct Settings {
     pub log: LogSettings,
     pub mqtt: MqttSettings,
     pub storage: StorageSettings,
-    pub metrics: MetricsSettings,
+    /// Formerly `metrics.*`, still read under that name.
+    #[serde(alias = "metrics")]
+    pub admin: AdminSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
-pub struct MetricsSettings {
+pub struct AdminSettings {
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
     pub listen: SocketAddr,
 }
 
-impl Default for MetricsSettings {
+impl Default for AdminSettings {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
@@ -174,6 +176,14 @@ mod tests {
     }
 
     #[test]
+    fn the_admin_listener_is_still_read_under_its_former_name() {
+        let settings = load(&[("TRACKER__METRICS__LISTEN", "127.0.0.1:9999")]).unwrap();
+        assert_eq!(settings.admin.listen, "127.0.0.1:9999".parse().unwrap());
+        let settings = load(&[("TRACKER__ADMIN__LISTEN", "127.0.0.1:9998")]).unwrap();
+        assert_eq!(settings.admin.listen, "127.0.0.1:9998".parse().unwrap());
+    }
+
+    #[test]
     fn bad_values_name_their_key() {
         let cases = [
             ("TRACKER__STORAGE__FSYNC", "sometimes", "storage.fsync"),
@@ -194,7 +204,7 @@ mod tests {
             ),
             ("TRACKER__MQTT__TOPIC", "a/+/b", "mqtt.topic"),
             ("TRACKER__LOG__FORMAT", "xml", "log.format"),
-            ("TRACKER__METRICS__LISTEN", "nowhere", "metrics.listen"),
+            ("TRACKER__ADMIN__LISTEN", "nowhere", "admin.listen"),
             (
                 "TRACKER__STORAGE__DEDUP_WINDOW",
                 "0",

@@ -1,6 +1,6 @@
 //! The store sink: one persistent MQTT session in, one append-only visits log out. A message is acked
 //! only once every visit it carried is written (and, by default, synced). The subscription, the writer
-//! and the health listener are watched: if one ends before shutdown, `run` fails.
+//! and the admin listener are watched: if one ends before shutdown, `run` fails.
 
 pub mod append_file;
 pub mod configuration;
@@ -32,12 +32,12 @@ use crate::writer::Writer;
 const REQUEST_CAPACITY: usize = 1024;
 
 /// Stores visits until `shutdown` resolves; then writes, syncs and acks what it has received,
-/// disconnects (keeping the session), and returns. Health and metrics are served on `metrics_listener`.
+/// disconnects (keeping the session), and returns. Health and metrics are served on `admin_listener`.
 /// Each notification of `reopen` (SIGHUP) reopens the log files after the batch being written.
 /// Fails, after logging why, as soon as one of its long-lived tasks ends unexpectedly.
 pub async fn run(
     settings: Settings,
-    metrics_listener: TcpListener,
+    admin_listener: TcpListener,
     reopen: Arc<Notify>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
@@ -82,11 +82,11 @@ pub async fn run(
         receipts,
     );
     let mut writer = Watched::spawn("writer", writer.run(messages, reopen, stop.clone()));
-    let metrics_addr = metrics_listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
     let mut http = Watched::spawn(
-        "health listener",
-        health::serve(
-            metrics_listener,
+        "admin listener",
+        common::admin::serve(
+            admin_listener,
             health,
             metrics,
             stop.clone().cancelled_owned(),
@@ -97,7 +97,7 @@ pub async fn run(
         rejected = %settings.storage.rejected_path().display(),
         fsync = settings.storage.fsync,
         broker = %format!("{}:{}", settings.mqtt.host, settings.mqtt.port),
-        metrics = %metrics_addr,
+        admin = %admin_addr,
         "store sink started"
     );
 

@@ -16,7 +16,7 @@ fn sink(dir: &std::path::Path) -> Command {
             concat!(env!("CARGO_MANIFEST_DIR"), "/appsettings.json"),
         )
         .env("TRACKER__STORAGE__PATH", dir.join("visits.log"))
-        .env("TRACKER__METRICS__LISTEN", "127.0.0.1:0")
+        .env("TRACKER__ADMIN__LISTEN", "127.0.0.1:0")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     command

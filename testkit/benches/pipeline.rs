@@ -153,7 +153,7 @@ fn percentile(samples: &mut [Duration], fraction: f64) -> Duration {
 }
 
 async fn wait_until_ready(sink: &TestSink) {
-    let url = format!("http://{}/readyz", sink.metrics_addr);
+    let url = format!("http://{}/readyz", sink.admin_addr);
     let client = testkit::client();
     for _ in 0..200 {
         if let Ok(response) = client.get(&url).send().await {

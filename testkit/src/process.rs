@@ -21,6 +21,8 @@ pub struct Service {
     log: PathBuf,
     /// Where the edge serves plain HTTP; `None` for the sink.
     http_addr: Option<SocketAddr>,
+    /// Where the edge serves `/healthz`, `/readyz` and `/metrics`, when the harness chose it.
+    admin_addr: Option<SocketAddr>,
     /// The network namespace it runs in (a far site's, see [`crate::Link`]); `None`: the host's.
     namespace: Option<String>,
     child: Option<Child>,
@@ -31,8 +33,19 @@ impl Service {
     pub fn edge(broker: &Broker, id: &str, dir: &Path, extra: &[(&str, &str)]) -> Self {
         let port = free_port();
         let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let env = edge_env(broker, id, dir, listen, extra);
-        Self::from_env("pixel-edge", env, dir.join(format!("{id}.log")), Some(port))
+        let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+        let env = edge_env(broker, id, dir, listen, admin, extra);
+        let mut service = Self {
+            binary: binary("pixel-edge"),
+            env,
+            log: dir.join(format!("{id}.log")),
+            http_addr: Some(listen),
+            admin_addr: Some(admin),
+            namespace: None,
+            child: None,
+        };
+        service.start();
+        service
     }
 
     /// A pixel edge with id `edge/{id}` at the far site of `link`: it reaches the broker over the
@@ -46,12 +59,14 @@ impl Service {
         extra: &[(&str, &str)],
     ) -> Self {
         let addr = SocketAddr::from((link.visitor_addr, 8080));
+        let admin = SocketAddr::from((link.visitor_addr, 9091));
         let host = link.host_addr.to_string();
         let env = edge_env(
             broker,
             id,
             dir,
             addr,
+            admin,
             &[&[("TRACKER__MQTT__HOST", host.as_str())], extra].concat(),
         );
         let mut service = Self {
@@ -59,6 +74,7 @@ impl Service {
             env,
             log: dir.join(format!("{id}.log")),
             http_addr: Some(addr),
+            admin_addr: Some(admin),
             namespace: Some(link.namespace.clone()),
             child: None,
         };
@@ -69,7 +85,7 @@ impl Service {
     /// The store sink writing `dir/visits.log`; `extra` adds or overrides settings.
     pub fn sink(broker: &Broker, dir: &Path, extra: &[(&str, &str)]) -> Self {
         let mut env = base_env(broker, "store-sink");
-        env.push(("TRACKER__METRICS__LISTEN".into(), "127.0.0.1:0".into()));
+        env.push(("TRACKER__ADMIN__LISTEN".into(), "127.0.0.1:0".into()));
         env.push((
             "TRACKER__STORAGE__PATH".into(),
             dir.join("visits.log").display().to_string(),
@@ -91,6 +107,7 @@ impl Service {
             env,
             log,
             http_addr: http_port.map(|port| SocketAddr::from((Ipv4Addr::LOCALHOST, port))),
+            admin_addr: None,
             namespace: None,
             child: None,
         };
@@ -103,12 +120,13 @@ impl Service {
         format!("http://{}/track", self.http_addr.expect("an edge"))
     }
 
-    /// `http://<addr>/metrics` of an edge.
+    /// `http://<admin addr>/metrics` of an edge the harness configured.
     pub fn metrics_url(&self) -> String {
-        format!("http://{}/metrics", self.http_addr.expect("an edge"))
+        format!("http://{}/metrics", self.admin_addr.expect("an edge"))
     }
 
-    /// Starts the process (again); an edge is waited for until it accepts connections.
+    /// Starts the process (again); an edge is waited for until it accepts connections (on its admin
+    /// listener when the harness chose it: that one is always on).
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "already running");
         let log = OpenOptions::new()
@@ -133,7 +151,7 @@ impl Service {
             .spawn()
             .unwrap_or_else(|err| panic!("starting {}: {err}", self.binary.display()));
         self.child = Some(child);
-        if let Some(addr) = self.http_addr {
+        if let Some(addr) = self.admin_addr.or(self.http_addr) {
             let deadline = Instant::now() + Duration::from_secs(10);
             while TcpStream::connect(addr).is_err() {
                 assert!(
@@ -156,6 +174,17 @@ impl Service {
     pub fn hangup(&self) {
         let child = self.child.as_ref().expect("the service is running");
         kill(Pid::from_raw(child.id() as i32), Signal::SIGHUP).expect("signalling the service");
+    }
+
+    /// Runs the same binary with the same settings and `args` to its end (e.g. `healthcheck`, as the
+    /// image's HEALTHCHECK does beside the running service).
+    pub fn run_beside(&self, args: &[&str]) -> std::process::Output {
+        Command::new(&self.binary)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .args(args)
+            .output()
+            .unwrap_or_else(|err| panic!("running {}: {err}", self.binary.display()))
     }
 
     /// Waits for the process to exit by itself; panics, with its log, if it is still running after
@@ -206,17 +235,20 @@ fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// An edge's settings: id `edge/{id}`, plain HTTP on `listen`, a spool in `dir`, then `extra`.
+/// An edge's settings: id `edge/{id}`, plain HTTP on `listen`, admin routes on `admin`, a spool in
+/// `dir`, then `extra`.
 fn edge_env(
     broker: &Broker,
     id: &str,
     dir: &Path,
     listen: SocketAddr,
+    admin: SocketAddr,
     extra: &[(&str, &str)],
 ) -> Vec<(String, String)> {
     let mut env = base_env(broker, EDGE_USER);
     env.push(("TRACKER__EDGE__ID".into(), format!("{EDGE_USER}/{id}")));
     env.push(("TRACKER__HTTP__LISTEN".into(), listen.to_string()));
+    env.push(("TRACKER__ADMIN__LISTEN".into(), admin.to_string()));
     // The default would be `spool/edge/{id}` in the working directory, shared by parallel tests.
     env.push((
         "TRACKER__EDGE__SPOOL_DIR".into(),

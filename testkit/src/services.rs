@@ -19,6 +19,8 @@ pub struct TestEdge {
     pub addr: SocketAddr,
     /// Its HTTPS address, when the settings asked for one.
     pub https_addr: Option<SocketAddr>,
+    /// Where it serves `/healthz`, `/readyz` and `/metrics`.
+    pub admin_addr: SocketAddr,
     shutdown: oneshot::Sender<()>,
     task: JoinHandle<anyhow::Result<()>>,
     /// Holds its spool, unless the test chose another place.
@@ -49,7 +51,7 @@ pub struct TestSink {
     pub path: PathBuf,
     pub rejected_path: PathBuf,
     /// Where the running sink serves `/metrics`, `/healthz` and `/readyz`.
-    pub metrics_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
     settings: store_sink::configuration::Settings,
     reopen: Arc<Notify>,
     running: Option<(oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>)>,
@@ -70,7 +72,7 @@ impl TestSink {
         let listener =
             std::net::TcpListener::bind("127.0.0.1:0").expect("binding the sink's metrics");
         listener.set_nonblocking(true).unwrap();
-        self.metrics_addr = listener.local_addr().unwrap();
+        self.admin_addr = listener.local_addr().unwrap();
         let listener = TcpListener::from_std(listener).unwrap();
         let reopen = self.reopen.clone();
         self.running = Some(start(self.settings.clone(), |settings, shutdown| {
@@ -114,6 +116,7 @@ pub async fn spawn_edge_with(
     };
     settings.edge.id = format!("{EDGE_USER}/{id}");
     settings.http.listen = "127.0.0.1:0".parse().unwrap();
+    settings.admin.listen = "127.0.0.1:0".parse().unwrap();
     // What `Settings::load` defaults to, but per test, so parallel tests never share a spool.
     let spool = tempfile::tempdir().expect("temp dir for the spool");
     settings.edge.spool_dir = Some(spool.path().to_owned());
@@ -124,6 +127,7 @@ pub async fn spawn_edge_with(
         .expect("binding the edge");
     let addr = listeners.http_addr().expect("the edge serves plain HTTP");
     let https_addr = listeners.https_addr();
+    let admin_addr = listeners.admin_addr();
     // Certificate reloads are tested on the binary, with a real SIGHUP (tests/edge_https.rs).
     let (shutdown, task) = start(settings, |settings, shutdown| {
         pixel_edge::run(settings, listeners, Arc::new(Notify::new()), shutdown)
@@ -131,6 +135,7 @@ pub async fn spawn_edge_with(
     TestEdge {
         addr,
         https_addr,
+        admin_addr,
         shutdown,
         task,
         _spool: spool,
@@ -149,7 +154,7 @@ pub async fn spawn_sink(broker: &Broker, dir: &Path) -> TestSink {
         path: settings.storage.path.clone(),
         rejected_path: settings.storage.rejected_path(),
         settings,
-        metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        admin_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         reopen: Arc::new(Notify::new()),
         running: None,
     };

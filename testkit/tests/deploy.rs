@@ -34,7 +34,7 @@ async fn the_compose_topology_is_locked_down_and_serves_https() {
             sink_env,
             &[
                 ("TRACKER__STORAGE__PATH", log_path.to_str().unwrap()),
-                ("TRACKER__METRICS__LISTEN", "127.0.0.1:0"),
+                ("TRACKER__ADMIN__LISTEN", "127.0.0.1:0"),
             ],
         ),
         dir.path().join("store-sink.log"),
@@ -126,6 +126,8 @@ impl ComposeEdge {
                 ("TRACKER__EDGE__ID", edge_id),
                 ("TRACKER__HTTP__LISTEN", &format!("127.0.0.1:{http_port}")),
                 ("TRACKER__HTTPS__LISTEN", &format!("127.0.0.1:{https_port}")),
+                // Compose gives each replica its own 9091; here both share one host.
+                ("TRACKER__ADMIN__LISTEN", "127.0.0.1:0"),
                 ("TRACKER__EDGE__SPOOL_DIR", spool.to_str().unwrap()),
                 ("TRACKER__EDGE__DRAIN_TIMEOUT_SECS", "1"),
             ],

@@ -1,5 +1,6 @@
 //! The edge's HTTP hardening, health and metrics, against a real broker: limits answered 431/414,
-//! slow clients cut off, the connection cap, `/healthz`, `/readyz`, `/metrics`.
+//! slow clients cut off, the connection cap, `/healthz`, `/readyz`, `/metrics` on the admin listener
+//! and not on the pixel's port.
 
 use std::time::{Duration, Instant};
 
@@ -114,11 +115,17 @@ async fn connections_beyond_the_cap_wait_for_a_free_slot() {
 async fn health_readiness_and_metrics() {
     let mut broker = Broker::start();
     let edge = edge_without_sink(&broker, |s| s.edge.queue_capacity = 1).await;
-    let base = format!("http://{}", edge.addr);
+    let base = format!("http://{}", edge.admin_addr);
     let client = reqwest::Client::new();
 
     let healthz = client.get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(healthz.status(), 200);
+    // The pixel's port serves `/track` and nothing else.
+    for path in ["healthz", "readyz", "metrics", ""] {
+        let url = format!("http://{}/{path}", edge.addr);
+        let status = client.get(url).send().await.unwrap().status();
+        assert_eq!(status, 404, "/{path} on the pixel port");
+    }
     assert_eq!(
         poll_status(
             &client,
@@ -247,7 +254,7 @@ async fn the_queue_is_bounded_in_bytes_and_drops_are_counted_by_reason() {
         assert_eq!(status, 200, "the pixel is served whatever is dropped");
     }
     let metrics = client
-        .get(format!("http://{}/metrics", edge.addr))
+        .get(format!("http://{}/metrics", edge.admin_addr))
         .send()
         .await
         .unwrap()

@@ -348,7 +348,7 @@ async fn a_malformed_message_is_set_aside_and_the_next_visit_lands() {
     let rejected = wait_for_lines(&sink.rejected_path, 2, PATIENCE).await;
     edge.stop().await;
     let metrics = client
-        .get(format!("http://{}/metrics", sink.metrics_addr))
+        .get(format!("http://{}/metrics", sink.admin_addr))
         .send()
         .await
         .unwrap()
@@ -503,7 +503,7 @@ async fn the_sink_reports_health_readiness_and_metrics() {
     load(&client, &edge.track_url(), "m", 20, 4).await;
     wait_for_lines(&sink.path, 20, PATIENCE).await;
 
-    let base = format!("http://{}", sink.metrics_addr);
+    let base = format!("http://{}", sink.admin_addr);
     let healthz = client.get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(healthz.status(), 200);
     let readyz = client.get(format!("{base}/readyz")).send().await.unwrap();

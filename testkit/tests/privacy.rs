@@ -33,7 +33,7 @@ async fn stack() -> Stack {
     let sink = Service::sink(
         &broker,
         dir.path(),
-        &[("TRACKER__METRICS__LISTEN", metrics.as_str())],
+        &[("TRACKER__ADMIN__LISTEN", metrics.as_str())],
     );
     // Until the sink has subscribed, the test's subscriber would be the only one, and the broker
     // would accept (and the sink never get) what the edges publish.

@@ -43,6 +43,7 @@ fn an_edge_whose_task_dies_exits_non_zero_naming_it() {
         "publisher",
         "HTTP server",
         "certificate reloader",
+        "admin listener",
         "SIGHUP forwarder",
     ] {
         let mut env = broker_env(&broker, EDGE_USER);
@@ -57,6 +58,7 @@ fn an_edge_whose_task_dies_exits_non_zero_naming_it() {
                     "TRACKER__HTTP__LISTEN",
                     format!("127.0.0.1:{}", free_port()),
                 ),
+                ("TRACKER__ADMIN__LISTEN", "127.0.0.1:0".to_owned()),
                 (
                     "TRACKER__HTTPS__LISTEN",
                     format!("127.0.0.1:{}", free_port()),
@@ -85,13 +87,13 @@ fn a_sink_whose_task_dies_exits_non_zero_naming_it() {
     for task in [
         "subscription",
         "writer",
-        "health listener",
+        "admin listener",
         "SIGHUP forwarder",
     ] {
         let mut env = broker_env(&broker, "store-sink");
         env.extend(
             [
-                ("TRACKER__METRICS__LISTEN", "127.0.0.1:0".to_owned()),
+                ("TRACKER__ADMIN__LISTEN", "127.0.0.1:0".to_owned()),
                 (
                     "TRACKER__STORAGE__PATH",
                     dir.path().join("visits.log").display().to_string(),
