@@ -396,7 +396,7 @@ async fn skip_serves_the_pixel_records_nothing_and_counts() {
     assert!(lines[0].ends_with(&format!("|{RAW_IP}")), "{}", lines[0]);
 
     let metrics = client()
-        .get(edge.track_url().replace("/track", "/metrics"))
+        .get(edge.metrics_url())
         .send()
         .await
         .unwrap()
