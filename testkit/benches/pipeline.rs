@@ -1,10 +1,13 @@
 //! End-to-end figures of the real pipeline, release build, against a real Mosquitto with the shipped
 //! config (edge and sink in this process): how fast the sink drains a backlog that was queued in the
-//! broker while it was down, and how long one visit takes under light load from sending the request to
-//! its line in the log. Prints the figures; checks only that every visit landed.
+//! broker while it was down, how long after a broker crash the visits an edge took for an absent sink
+//! are all in the log (the edge sends again what the sink had not confirmed), and how long one visit
+//! takes under light load from sending the request to its line in the log. Prints the figures;
+//! checks only that every visit landed.
 //!
 //! Run by hand: `cargo bench -p testkit --bench pipeline` (`bench/run` runs it too). `BACKLOG`
-//! (default 1000000), `VISITS_PER_MESSAGE` (40, what a busy edge sends) and `SAMPLES` (500) vary it.
+//! (default 1000000), `VISITS_PER_MESSAGE` (40, what a busy edge sends), `CRASH_BACKLOG` (100000) and
+//! `SAMPLES` (500) vary it.
 
 use std::fs::File;
 use std::io::Read;
@@ -16,7 +19,7 @@ use reqwest::header::{REFERER, USER_AGENT};
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
-use testkit::{spawn_edge, spawn_sink, Broker, TestSink, EDGE_USER};
+use testkit::{spawn_edge, spawn_sink, Broker, Load, TestSink, EDGE_USER};
 
 const UA: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0 Safari/537.36";
 const REFERRER: &str = "https://blog.example/articles/hello.html";
@@ -27,6 +30,7 @@ async fn main() {
     let per_message = setting("VISITS_PER_MESSAGE", 40);
     let samples = setting("SAMPLES", 500);
     drain(backlog, per_message).await;
+    crash_recovery(setting("CRASH_BACKLOG", 100_000)).await;
     single_visit_latency(samples).await;
 }
 
@@ -35,6 +39,40 @@ fn setting(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|value| value.parse().ok())
         .unwrap_or(default)
+}
+
+/// An edge takes `backlog` visits while the sink is away, the broker holding them is SIGKILLed and
+/// restarted, the sink comes back: times from the broker's return until every answered visit is a line.
+async fn crash_recovery(backlog: usize) {
+    let mut broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = spawn_sink(&broker, dir.path()).await;
+    wait_until_ready(&sink).await;
+    sink.stop().await;
+    let edge = spawn_edge(&broker, "crash").await;
+    let load = Load {
+        url: edge.track_url(),
+        prefix: "v".into(),
+        count: backlog,
+        concurrency: 64,
+        pause: Duration::ZERO,
+    };
+    let answered = load.run(testkit::client()).await.answered.len();
+    // Let the edge hand everything to the broker, which then holds it only in memory.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    broker.kill();
+    broker.restart();
+    let returned = Instant::now();
+    sink.restart();
+    let landed = LineCounter::new(sink.path.clone()).wait_for(answered, Duration::from_secs(600));
+    let took = returned.elapsed();
+    edge.stop().await;
+    sink.stop().await;
+    println!(
+        "broker crash: {landed} of {answered} visits taken for an absent sink in the log {:.2} s after the broker returned{}",
+        took.as_secs_f64(),
+        if landed == answered { "" } else { " (MISSING)" }
+    );
 }
 
 /// Queues `backlog` visits for a stopped sink, then times the restarted sink until all are lines.
