@@ -68,3 +68,42 @@ fn sigterm_and_sigint_exit_cleanly() {
         );
     }
 }
+
+#[test]
+fn a_second_edge_on_the_same_spool_refuses_to_start_naming_the_key() {
+    let spool = tempfile::tempdir().unwrap();
+    let running = |command: &mut Command| {
+        command
+            .env("TRACKER__HTTP__LISTEN", "127.0.0.1:0")
+            .env("TRACKER__MQTT__PORT", "1")
+            .env("TRACKER__EDGE__DRAIN_TIMEOUT_SECS", "1")
+            .spawn()
+            .unwrap()
+    };
+    let first = running(&mut edge(spool.path()));
+    // The spool's state file is written once the lock is held.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !spool.path().join("seq").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first edge did not open its spool"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second = running(&mut edge(spool.path())).wait_with_output().unwrap();
+    kill(Pid::from_raw(first.id() as i32), Signal::SIGTERM).unwrap();
+    let first = first.wait_with_output().unwrap();
+    assert_eq!(
+        first.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&first.stdout)
+    );
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("edge.spool_dir"), "{stderr}");
+    assert!(
+        stderr.contains("in use by another running edge"),
+        "{stderr}"
+    );
+}

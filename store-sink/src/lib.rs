@@ -73,6 +73,8 @@ pub async fn run(
     );
     let stop_receipts = CancellationToken::new();
     let (receipts, receipts_task) = receipts::start(&settings, stop_receipts.clone())?;
+    // A receipt lost with the previous run (written and acked, then a crash) is published again.
+    receipts.confirm(storage.all_receipts());
     let mut receipts_task = Watched::spawn("receipts", receipts_task);
     let writer = Writer::new(
         storage,

@@ -234,6 +234,11 @@ impl Storage {
     pub fn take_receipts(&mut self) -> Vec<(String, u64)> {
         self.written_ids.batch_durable()
     }
+
+    /// Per edge topic, the highest sequence number durably in the log (recovered at start-up).
+    pub fn all_receipts(&self) -> Vec<(String, u64)> {
+        self.written_ids.all_durable()
+    }
 }
 
 /// Cuts the log back to `len` bytes (and syncs), dropping a batch a crash left half-written.

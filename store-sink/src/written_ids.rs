@@ -35,6 +35,7 @@ const REOPEN: &[u8] = b"reopen\n";
 const SEQ_RECORD: &[u8] = b"S ";
 
 type Sequences = HashMap<String, u64, foldhash::fast::RandomState>;
+type Topics = HashSet<String, foldhash::fast::RandomState>;
 
 pub struct WrittenIds {
     /// Hashed with foldhash: SipHash was most of the cost of remembering an id.
@@ -52,10 +53,10 @@ pub struct WrittenIds {
     /// The same, for what is synced in the log: what receipts may say.
     durable: Sequences,
     /// Topics whose number the batch being formatted raised, to be journaled with it.
-    raised: HashSet<String>,
+    raised: Topics,
     /// Topics the batches since the last durable flush came from (raised or not): each gets a receipt,
     /// also for a batch of duplicates, since the broker may have lost the retained one.
-    seen: HashSet<String>,
+    seen: Topics,
     /// Raised numbers journaled and waiting for the log's flush to become durable.
     staged: Vec<(String, u64)>,
     /// Where the last batch began when the log ends inside it; the log is to be cut back there.
@@ -75,8 +76,8 @@ impl WrittenIds {
             batch: Vec::new(),
             sequences: Sequences::default(),
             durable: Sequences::default(),
-            raised: HashSet::new(),
-            seen: HashSet::new(),
+            raised: Topics::default(),
+            seen: Topics::default(),
             staged: Vec::new(),
             torn_batch_start: None,
         };
@@ -229,6 +230,14 @@ impl WrittenIds {
             self.journal.flush(sync)?;
         }
         Ok(())
+    }
+
+    /// Every edge topic's highest durable number, as recovered or written since.
+    pub fn all_durable(&self) -> Vec<(String, u64)> {
+        self.durable
+            .iter()
+            .map(|(topic, seq)| (topic.clone(), *seq))
+            .collect()
     }
 
     /// The batches flushed so far are in the log: their numbers are durable. Returns, for each topic

@@ -249,11 +249,14 @@ fn edge_env(
     env.push(("TRACKER__EDGE__ID".into(), format!("{EDGE_USER}/{id}")));
     env.push(("TRACKER__HTTP__LISTEN".into(), listen.to_string()));
     env.push(("TRACKER__ADMIN__LISTEN".into(), admin.to_string()));
-    // The default would be `spool/edge/{id}` in the working directory, shared by parallel tests.
-    env.push((
-        "TRACKER__EDGE__SPOOL_DIR".into(),
-        dir.join(format!("spool-{id}")).display().to_string(),
-    ));
+    // The default would be `spool/edge/{id}` in the working directory, shared by parallel tests;
+    // an edge with receipts off runs without a disk unless `extra` names a spool.
+    if !extra.contains(&("TRACKER__EDGE__RECEIPTS", "false")) {
+        env.push((
+            "TRACKER__EDGE__SPOOL_DIR".into(),
+            dir.join(format!("spool-{id}")).display().to_string(),
+        ));
+    }
     env.extend(owned(extra));
     env
 }

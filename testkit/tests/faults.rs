@@ -515,7 +515,11 @@ async fn past_the_hold_visits_are_dropped_counted_and_logged_but_still_served() 
         &broker,
         "edge-a",
         dir.path(),
-        &[("TRACKER__EDGE__QUEUE_CAPACITY", "10")],
+        // Without a disk, so that the queue is the whole hold (a spool would take all 50).
+        &[
+            ("TRACKER__EDGE__QUEUE_CAPACITY", "10"),
+            ("TRACKER__EDGE__RECEIPTS", "false"),
+        ],
     );
     wait_for_log(&sink, "connected to the broker").await;
 
