@@ -102,6 +102,12 @@ impl Sources {
 pub struct MqttSettings {
     pub host: String,
     pub port: u16,
+    /// Several brokers (the nodes of a cluster), `host` or `host:port` (`[v6]:port`; the port defaults
+    /// to `port`), a list in the file or comma-separated in the environment. A client tries them in
+    /// turn, with the usual backoff between attempts, and moves to the next one whenever a connection
+    /// fails or is lost. Set, it replaces `host`.
+    #[serde(deserialize_with = "list_or_comma_separated")]
+    pub hosts: Vec<String>,
     /// Each service derives its own default; the sink's must stay the same across restarts.
     pub client_id: Option<String>,
     pub username: Option<String>,
@@ -136,6 +142,7 @@ impl Default for MqttSettings {
         Self {
             host: "localhost".into(),
             port: 1883,
+            hosts: Vec::new(),
             client_id: None,
             username: None,
             password: None,
@@ -154,7 +161,7 @@ impl Default for MqttSettings {
 
 impl MqttSettings {
     pub fn validate(&self) -> Result<(), SettingsError> {
-        if self.host.trim().is_empty() {
+        if self.hosts.is_empty() && self.host.trim().is_empty() {
             return Err(SettingsError::invalid("mqtt.host", "must not be empty"));
         }
         if self.port == 0 {
@@ -163,6 +170,7 @@ impl MqttSettings {
                 "must be between 1 and 65535",
             ));
         }
+        self.brokers()?;
         if self
             .client_id
             .as_deref()
@@ -234,6 +242,24 @@ impl MqttSettings {
         Ok(())
     }
 
+    /// The brokers to try in turn, as (host, port): `mqtt.hosts`, or else `mqtt.host` and `mqtt.port`.
+    pub fn brokers(&self) -> Result<Vec<(String, u16)>, SettingsError> {
+        if self.hosts.is_empty() {
+            return Ok(vec![(self.host.clone(), self.port)]);
+        }
+        self.hosts
+            .iter()
+            .map(|entry| {
+                parse_broker(entry, self.port).ok_or_else(|| {
+                    SettingsError::invalid(
+                        "mqtt.hosts",
+                        format!("{entry:?} is not `host`, `host:port` or `[v6 address]:port` with a port from 1 to 65535"),
+                    )
+                })
+            })
+            .collect()
+    }
+
     pub fn keep_alive(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.keep_alive_secs)
     }
@@ -291,6 +317,47 @@ impl MqttSettings {
             rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(config)),
         ))
     }
+}
+
+/// `host`, `host:port`, `[v6]` or `[v6]:port`; a bare IPv6 address (several colons) is a host alone.
+fn parse_broker(entry: &str, default_port: u16) -> Option<(String, u16)> {
+    let entry = entry.trim();
+    let port = |text: &str| text.parse::<u16>().ok().filter(|&port| port != 0);
+    let (host, port) = if let Some(rest) = entry.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        match after {
+            "" => (host, default_port),
+            _ => (host, port(after.strip_prefix(':')?)?),
+        }
+    } else {
+        match entry.split_once(':') {
+            Some((host, text)) if !text.contains(':') => (host, port(text)?),
+            _ => (entry, default_port),
+        }
+    };
+    (!host.is_empty() && !host.contains(char::is_whitespace)).then(|| (host.to_owned(), port))
+}
+
+/// A list as written in `appsettings.json`, or one string split at commas (how an environment
+/// variable carries a list); blank entries are dropped, so an empty string is an empty list.
+fn list_or_comma_separated<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrText {
+        List(Vec<String>),
+        Text(String),
+    }
+    let entries = match ListOrText::deserialize(deserializer)? {
+        ListOrText::List(entries) => entries,
+        ListOrText::Text(text) => text.split(',').map(str::to_owned).collect(),
+    };
+    Ok(entries
+        .into_iter()
+        .map(|entry| entry.trim().to_owned())
+        .filter(|entry| !entry.is_empty())
+        .collect())
 }
 
 #[cfg(test)]
@@ -454,6 +521,72 @@ mod tests {
         let probe = load(None, &[("TRACKER__MQTT__KEEP_ALIVE_SECS", "5")]).unwrap();
         probe.mqtt.validate().unwrap();
         assert_eq!(probe.mqtt.keep_alive(), std::time::Duration::from_secs(5));
+    }
+
+    #[test]
+    fn hosts_come_as_a_list_from_the_file_or_comma_separated_from_the_environment() {
+        let probe = load(None, &[]).unwrap();
+        assert_eq!(
+            probe.mqtt.brokers().unwrap(),
+            [("localhost".to_owned(), 1883)]
+        );
+        let mut file = tempfile::Builder::new().suffix(".json").tempfile().unwrap();
+        write!(
+            file,
+            r#"{{"mqtt": {{"port": 1999, "hosts": ["rabbit-1", "rabbit-2:1884"]}}}}"#
+        )
+        .unwrap();
+        let from_file = load(Some(file.path().into()), &[]).unwrap().mqtt;
+        let from_env = load(
+            None,
+            &[
+                ("TRACKER__MQTT__PORT", "1999"),
+                ("TRACKER__MQTT__HOSTS", " rabbit-1 , rabbit-2:1884,"),
+            ],
+        )
+        .unwrap()
+        .mqtt;
+        for mqtt in [from_file, from_env] {
+            mqtt.validate().unwrap();
+            assert_eq!(
+                mqtt.brokers().unwrap(),
+                [("rabbit-1".to_owned(), 1999), ("rabbit-2".to_owned(), 1884)]
+            );
+        }
+        let blank = load(None, &[("TRACKER__MQTT__HOSTS", "")]).unwrap().mqtt;
+        assert_eq!(blank.brokers().unwrap(), [("localhost".to_owned(), 1883)]);
+    }
+
+    #[test]
+    fn broker_addresses_parse_names_ports_and_ipv6() {
+        for (entry, expected) in [
+            ("node-1", Some(("node-1", 1883))),
+            ("node-1:8883", Some(("node-1", 8883))),
+            ("10.0.0.7:1884", Some(("10.0.0.7", 1884))),
+            ("[::1]:1884", Some(("::1", 1884))),
+            ("[fd00::7]", Some(("fd00::7", 1883))),
+            ("fd00::7", Some(("fd00::7", 1883))),
+            ("node-1:0", None),
+            ("node-1:70000", None),
+            ("node-1:", None),
+            (":1884", None),
+            ("[::1]1884", None),
+            ("no de", None),
+        ] {
+            let parsed = parse_broker(entry, 1883);
+            assert_eq!(
+                parsed,
+                expected.map(|(host, port)| (host.to_owned(), port)),
+                "{entry}"
+            );
+        }
+        let err = load(None, &[("TRACKER__MQTT__HOSTS", "a:1,b:0")])
+            .unwrap()
+            .mqtt
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("`mqtt.hosts`"), "{err}");
+        assert!(err.to_string().contains("b:0"), "{err}");
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod backoff;
 pub mod blocking;
 pub mod configuration;
+pub mod in_turn;
 pub mod line;
 pub mod metrics;
 pub mod rate_limit;

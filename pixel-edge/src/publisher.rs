@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use common::blocking::on_blocking_pool;
 use common::configuration::SettingsError;
+use common::in_turn::InTurn;
 use rumqttc::v5::mqttbytes::v5::{PubAckReason, Publish, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{Event, Incoming, MqttOptions};
@@ -39,7 +40,8 @@ const MAX_OUTBOX_BYTES: usize = 16 * 1024 * 1024;
 const METRICS_EVERY: Duration = Duration::from_secs(1);
 
 pub struct Publisher {
-    options: MqttOptions,
+    /// One per broker in `mqtt.hosts`: the current one is tried, the next after a failure.
+    options: InTurn<MqttOptions>,
     topic: String,
     /// `Some` with `edge.receipts`: where the sink confirms this edge's visits.
     receipt_topic: Option<String>,
@@ -78,22 +80,25 @@ impl Publisher {
         spool: Option<Spool>,
         broker_connected: Arc<AtomicBool>,
     ) -> Result<Self, SettingsError> {
-        let mut options = MqttOptions::new(
-            settings.client_id(),
-            &settings.mqtt.host,
-            settings.mqtt.port,
-        );
-        options.set_keep_alive(settings.mqtt.keep_alive());
-        options.set_connection_timeout(settings.mqtt.connect_timeout_secs);
-        // The edge keeps no broker session: it resends what was not confirmed itself (see `connection`).
-        options.set_clean_start(true);
         let window = FlightWindow::new(settings.edge.max_in_flight_bytes);
-        // rumqttc sizes a table by this limit (u16::MAX by default: 14 MB); the window never needs more.
-        options.set_outgoing_inflight_upper_limit(window.max_batches() as u16);
-        options.set_transport(settings.mqtt.transport()?);
-        if let Some((user, password)) = settings.mqtt.credentials()? {
-            options.set_credentials(user, password);
-        }
+        let transport = settings.mqtt.transport()?;
+        let credentials = settings.mqtt.credentials()?;
+        let options = settings.mqtt.brokers()?.into_iter().map(|(host, port)| {
+            let mut options = MqttOptions::new(settings.client_id(), host, port);
+            options.set_keep_alive(settings.mqtt.keep_alive());
+            options.set_connection_timeout(settings.mqtt.connect_timeout_secs);
+            // The edge keeps no broker session: it resends what was not confirmed itself (see `connection`).
+            options.set_clean_start(true);
+            // rumqttc sizes a table by this limit (u16::MAX by default: 14 MB); the window never needs more.
+            options.set_outgoing_inflight_upper_limit(window.max_batches() as u16);
+            options.set_transport(transport.clone());
+            if let Some((user, password)) = &credentials {
+                options.set_credentials(user, password);
+            }
+            options
+        });
+        let options = InTurn::new(options.collect())
+            .ok_or_else(|| SettingsError::invalid("mqtt.hosts", "names no broker"))?;
         Ok(Self {
             options,
             topic: settings.topic(),
@@ -327,15 +332,16 @@ impl Publisher {
     }
 
     fn connect(&mut self) {
-        tracing::debug!(host = %self.options.broker_address().0, "connecting to the broker");
+        let options = self.options.current();
+        tracing::debug!(broker = %broker_address(options), "connecting to the broker");
         let capacity = 2 * self.window.max_batches() + 8;
-        self.connection = Some(Connection::open(self.options.clone(), capacity));
+        self.connection = Some(Connection::open(options.clone(), capacity));
     }
 
     async fn on_event(&mut self, event: Option<LinkEvent>) {
         match event {
             Some(Ok(Event::Incoming(Incoming::ConnAck(_)))) => {
-                tracing::info!(topic = %self.topic, "connected to the broker");
+                tracing::info!(topic = %self.topic, broker = %broker_address(self.options.current()), "connected to the broker");
                 self.set_connected(true);
                 self.retry_delays = Box::new(common::backoff::retry_delays());
                 self.subscribe_to_receipts();
@@ -469,7 +475,9 @@ impl Publisher {
         metrics::counter!("tracker_edge_broker_reconnects_total").increment(1);
         let delay = self.retry_delays.next().unwrap_or(Duration::from_secs(5));
         let resend = self.submitted.len() + self.in_flight.len();
-        tracing::warn!(batches_to_resend = resend, retry_in = ?delay, "broker connection lost: {why}");
+        let broker = broker_address(self.options.current());
+        let next = broker_address(self.options.advance());
+        tracing::warn!(batches_to_resend = resend, %broker, %next, retry_in = ?delay, "broker connection lost: {why}");
         let mut unacked: Vec<Batch> = self
             .submitted
             .drain(..)
@@ -527,6 +535,10 @@ impl Publisher {
             connection.close(Duration::from_secs(2)).await;
         }
     }
+}
+
+fn broker_address(options: &MqttOptions) -> String {
+    common::in_turn::address(options.broker_address())
 }
 
 async fn next_event(connection: &mut Option<Connection>) -> Option<LinkEvent> {

@@ -51,8 +51,8 @@ pub async fn run(
         subscribed: AtomicBool::new(false),
         writable: AtomicBool::new(true),
     });
-    let (client, mut eventloop) =
-        AsyncClient::new(subscription::mqtt_options(&settings)?, REQUEST_CAPACITY);
+    let brokers = subscription::mqtt_options(&settings, |_| {})?;
+    let (client, mut eventloop) = AsyncClient::new(brokers.current().clone(), REQUEST_CAPACITY);
     // rumqttc's v4 client keeps this timeout (connect, and each flush) with the event loop, not the options.
     eventloop
         .network_options
@@ -64,6 +64,7 @@ pub async fn run(
         "subscription",
         subscription::drive(
             eventloop,
+            brokers,
             client.clone(),
             settings.topic_filter(),
             to_writer,
@@ -98,7 +99,7 @@ pub async fn run(
         path = %settings.storage.path.display(),
         rejected = %settings.storage.rejected_path().display(),
         fsync = settings.storage.fsync,
-        broker = %format!("{}:{}", settings.mqtt.host, settings.mqtt.port),
+        brokers = %settings.mqtt.brokers()?.into_iter().map(common::in_turn::address).collect::<Vec<_>>().join(","),
         admin = %admin_addr,
         "store sink started"
     );

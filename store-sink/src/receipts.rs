@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::configuration::SettingsError;
-use rumqttc::{AsyncClient, Event, EventLoop, Outgoing, QoS};
+use common::in_turn::InTurn;
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, QoS};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -74,11 +75,15 @@ pub fn start(
     settings: &Settings,
     stop: CancellationToken,
 ) -> Result<(Receipts, impl Future<Output = ()> + Send + 'static), SettingsError> {
-    let mut options = subscription::mqtt_options(settings)?;
-    options.set_client_id(format!("{}-receipts", settings.client_id()));
-    options.set_clean_session(true);
-    options.set_manual_acks(false);
-    let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
+    let brokers = subscription::mqtt_options(settings, |options| {
+        options.set_client_id(format!("{}-receipts", settings.client_id()));
+        options.set_clean_session(true);
+        options.set_manual_acks(false);
+    })?;
+    let (client, mut eventloop) = AsyncClient::new(brokers.current().clone(), REQUEST_CAPACITY);
+    eventloop
+        .network_options
+        .set_connection_timeout(settings.mqtt.connect_timeout_secs);
     let receipts = Receipts {
         pending: Arc::default(),
         newest: Arc::default(),
@@ -90,7 +95,7 @@ pub fn start(
         receipt_topic: settings.mqtt.receipt_topic.clone(),
         receipts: receipts.clone(),
     };
-    let driver = drive(eventloop, receipts.clone(), stop.clone());
+    let driver = drive(eventloop, brokers, receipts.clone(), stop.clone());
     let task = async move {
         // Both in this one task: the event loop is polled without pause while receipts go out.
         tokio::join!(driver, async move {
@@ -146,9 +151,14 @@ impl Publisher {
     }
 }
 
-/// Polls the receipt connection's event loop, reconnecting with backoff, until `stop` (or until its
-/// DISCONNECT went out).
-async fn drive(mut eventloop: EventLoop, receipts: Receipts, stop: CancellationToken) {
+/// Polls the receipt connection's event loop, reconnecting with backoff (to the next of `brokers`),
+/// until `stop` (or until its DISCONNECT went out).
+async fn drive(
+    mut eventloop: EventLoop,
+    mut brokers: InTurn<MqttOptions>,
+    receipts: Receipts,
+    stop: CancellationToken,
+) {
     let mut retry_delays = common::backoff::retry_delays();
     loop {
         match eventloop.poll().await {
@@ -160,7 +170,8 @@ async fn drive(mut eventloop: EventLoop, receipts: Receipts, stop: CancellationT
             Ok(_) => {}
             Err(err) => {
                 let delay = retry_delays.next().unwrap_or(Duration::from_secs(5));
-                tracing::warn!(retry_in = ?delay, "receipt connection lost: {err}");
+                let next = subscription::next_broker(&mut eventloop, &mut brokers);
+                tracing::warn!(%next, retry_in = ?delay, "receipt connection lost: {err}");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = stop.cancelled() => return,

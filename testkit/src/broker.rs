@@ -28,14 +28,7 @@ impl Broker {
         let dir = tempfile::tempdir().expect("temp dir for the broker");
         init_secrets(&dir.path().join("secrets"));
         derive_config(port, tls_port, dir.path(), "mosquitto/mosquitto.conf");
-        let mut broker = Self {
-            port,
-            tls_port,
-            dir,
-            child: None,
-        };
-        broker.launch();
-        broker
+        Self::launched(port, tls_port, dir)
     }
 
     /// An edge-site broker for `site_user`: `mosquitto/bridge/edge-site.conf` bridging to `central`'s
@@ -76,15 +69,46 @@ impl Broker {
             config += &format!("{key} {value}\n");
         }
         std::fs::write(&conf, config).unwrap();
-        let mut broker = Self {
-            port,
-            // No TLS listener: the site's edges are local.
-            tls_port: 0,
-            dir,
-            child: None,
-        };
-        broker.launch();
-        broker
+        // No TLS listener: the site's edges are local.
+        Self::launched(port, 0, dir)
+    }
+
+    /// A Mosquitto that lets `store-sink` in but refuses it every subscription (SUBACK 0x80), as a
+    /// broker with a wrong ACL does. Mosquitto's `acl_file` cannot do that (it grants every SUBSCRIBE
+    /// and filters on delivery), so this one uses its dynamic-security plugin: `store-sink` is a
+    /// client without any role, and the default denies subscribing. Plain MQTT only.
+    pub fn start_refusing_subscriptions() -> Self {
+        let port = free_port();
+        let dir = tempfile::tempdir().expect("temp dir for the broker");
+        let secrets = dir.path().join("secrets");
+        std::fs::create_dir(&secrets).unwrap();
+        let password = format!("refused-{port}");
+        std::fs::write(secrets.join("store-sink.password"), &password).unwrap();
+        let dynsec = dir.path().join("dynamic-security.json");
+        let status = Command::new("mosquitto_ctrl")
+            .args(["dynsec", "init"])
+            .arg(&dynsec)
+            .args(["store-sink", &password])
+            .stdout(Stdio::null())
+            .status()
+            .expect("mosquitto_ctrl (package mosquitto) must be installed: run scripts/test");
+        assert!(status.success(), "mosquitto_ctrl dynsec init");
+        // `init` makes the user an administrator, who may subscribe to anything: take that away.
+        let mut config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&dynsec).unwrap()).unwrap();
+        config["clients"][0]["roles"] = serde_json::json!([]);
+        std::fs::write(&dynsec, config.to_string()).unwrap();
+        let conf = [
+            format!("listener {port} 127.0.0.1"),
+            format!("plugin {}", dynamic_security_plugin().display()),
+            format!("plugin_opt_config_file {}", dynsec.display()),
+            "persistence false".into(),
+            // Root keeps its own files readable (Mosquitto would switch to its own user otherwise).
+            "user root".into(),
+            format!("log_dest file {}/mosquitto.log", dir.path().display()),
+        ];
+        std::fs::write(dir.path().join("mosquitto.conf"), conf.join("\n") + "\n").unwrap();
+        Self::launched(port, 0, dir)
     }
 
     /// Plain MQTT.
@@ -190,6 +214,18 @@ impl Broker {
         self.launch();
     }
 
+    /// Starts Mosquitto with `dir/mosquitto.conf`, which listens on `port` (and `tls_port` unless 0).
+    fn launched(port: u16, tls_port: u16, dir: TempDir) -> Self {
+        let mut broker = Self {
+            port,
+            tls_port,
+            dir,
+            child: None,
+        };
+        broker.launch();
+        broker
+    }
+
     fn launch(&mut self) {
         let child = Command::new("mosquitto")
             .arg("-c")
@@ -236,6 +272,17 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Where Debian's package `mosquitto` put its dynamic-security plugin (a directory per architecture).
+fn dynamic_security_plugin() -> PathBuf {
+    std::fs::read_dir("/usr/lib")
+        .unwrap()
+        .map(|entry| entry.unwrap().path().join("mosquitto_dynamic_security.so"))
+        .find(|plugin| plugin.exists())
+        .expect(
+            "mosquitto_dynamic_security.so (package mosquitto) must be installed: run scripts/test",
+        )
 }
 
 /// What an operator's `scripts/secrets init DIR` makes: a fresh CA, certificates for the broker and

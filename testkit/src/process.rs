@@ -215,6 +215,20 @@ impl Service {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits until the log mentions `text` at least `times` times; panics, with the log, after
+    /// `patience` (a deadline for waiting, not a timing assertion).
+    pub async fn wait_for_log(&self, text: &str, times: usize, patience: Duration) {
+        let deadline = Instant::now() + patience;
+        while self.log().matches(text).count() < times {
+            assert!(
+                Instant::now() < deadline,
+                "{text:?} not logged {times} times:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     fn signal(&mut self, signal: Signal) -> Option<ExitStatus> {
         let mut child = self.child.take()?;
         kill(Pid::from_raw(child.id() as i32), signal).expect("signalling the service");

@@ -38,15 +38,7 @@ async fn wait_for_log(service: &Service, text: &str) {
 
 /// Waits until `service`'s log mentions `text` at least `times` times.
 async fn wait_for_log_count(service: &Service, text: &str, times: usize) {
-    let deadline = Instant::now() + PATIENCE;
-    while service.log().matches(text).count() < times {
-        assert!(
-            Instant::now() < deadline,
-            "{text:?} not logged {times} times:\n{}",
-            service.log()
-        );
-        sleep(Duration::from_millis(50)).await;
-    }
+    service.wait_for_log(text, times, PATIENCE).await;
 }
 
 fn start_stack(dir: &Path) -> (Broker, Service, Service) {
