@@ -8,7 +8,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 /// The binary with the shipped settings and its spool in `spool` (the default, `spool/{edge.id}` in
-/// the working directory, would land in the source tree).
+/// the working directory, would land in the source tree), and its admin listener on a free port (the
+/// default 9091 would collide between tests run in parallel).
 fn edge(spool: &std::path::Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_pixel-edge"));
     command
@@ -18,6 +19,7 @@ fn edge(spool: &std::path::Path) -> Command {
             concat!(env!("CARGO_MANIFEST_DIR"), "/appsettings.json"),
         )
         .env("TRACKER__EDGE__SPOOL_DIR", spool)
+        .env("TRACKER__ADMIN__LISTEN", "127.0.0.1:0")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     command
