@@ -521,7 +521,11 @@ async fn past_the_hold_visits_are_dropped_counted_and_logged_but_still_served() 
         report.failed, 0,
         "the pixel is served even when the visit cannot be held"
     );
-    wait_for_log(&edge, "visit dropped: the queue is full").await;
+    wait_for_log(
+        &edge,
+        "visit dropped: the queue holds edge.queue_capacity visits",
+    )
+    .await;
     broker.restart();
     assert!(edge.terminate().success());
     let lines = collect_lines(&dir.path().join("visits.log"), 10).await;
