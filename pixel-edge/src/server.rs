@@ -179,7 +179,9 @@ impl Server {
                 }
             };
             if let Err(err) = result {
-                tracing::debug!(%peer, "connection ended with an error: {err}");
+                // No peer address: under `privacy.ip` other than `full` the raw address must not reach
+                // the logs either.
+                tracing::debug!("connection ended with an error: {err}");
             }
         }
     }
