@@ -11,6 +11,9 @@
 //! An edge with a spool adds `"seq":<n>` as the last field: its own sequence number for the event, which
 //! only grows, so the sink can recognise a redelivery exactly (see [`append_with_seq`]). The field is
 //! optional: events without it (older edges, an edge without a spool, hand-published) stay valid v1.
+//! The first event of each batch the edge spools also carries `"seq_floor":<n>` just before it: every
+//! number of that edge below it was either confirmed by the sink or will never be sent, so the sink
+//! need not wait for it (a spool started afresh, see `store_sink::sequences`).
 
 use std::borrow::Cow;
 
@@ -55,38 +58,48 @@ pub fn encode_event(visit: &Visit, out: &mut Vec<u8>) {
 
 /// The field [`append_with_seq`] puts before the closing brace.
 const SEQ_FIELD: &[u8] = b",\"seq\":";
+/// The field [`append_with_seq`] puts before the sequence number when asked to.
+const SEQ_FLOOR_FIELD: &[u8] = b",\"seq_floor\":";
 
-/// Appends the event `line` (as [`encode_event`] wrote it, newline included) to `out` with `"seq":seq`
-/// as its last field, replacing a sequence number it already carried.
-pub fn append_with_seq(line: &[u8], seq: u64, out: &mut Vec<u8>) {
+/// Appends the event `line` (as [`encode_event`] wrote it, newline included) to `out` with
+/// `"seq_floor":floor` (when given) and `"seq":seq` as its last fields, replacing those it carried.
+pub fn append_with_seq(line: &[u8], seq: u64, floor: Option<u64>, out: &mut Vec<u8>) {
     let line = line.trim_ascii_end();
-    // Without the closing brace, and without an earlier sequence number.
-    let fields_end = seq_field_start(line).unwrap_or(line.len().saturating_sub(1));
-    out.extend_from_slice(&line[..fields_end]);
+    // Without the closing brace, and without an earlier sequence number or floor.
+    let mut fields = line.strip_suffix(b"}").unwrap_or(line);
+    for field in [SEQ_FIELD, SEQ_FLOOR_FIELD] {
+        if let Some(start) = trailing_number_field(fields, field) {
+            fields = &fields[..start];
+        }
+    }
+    out.extend_from_slice(fields);
+    let mut number = itoa::Buffer::new();
+    if let Some(floor) = floor {
+        out.extend_from_slice(SEQ_FLOOR_FIELD);
+        out.extend_from_slice(number.format(floor).as_bytes());
+    }
     out.extend_from_slice(SEQ_FIELD);
-    out.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
+    out.extend_from_slice(number.format(seq).as_bytes());
     out.extend_from_slice(b"}\n");
 }
 
 /// The sequence number [`append_with_seq`] gave the event `line`, read from its end without parsing it.
 pub fn trailing_seq(line: &[u8]) -> Option<u64> {
-    let line = line.trim_ascii_end();
-    let digits = &line[seq_field_start(line)? + SEQ_FIELD.len()..line.len() - 1];
+    let inner = line.trim_ascii_end().strip_suffix(b"}")?;
+    let digits = &inner[trailing_number_field(inner, SEQ_FIELD)? + SEQ_FIELD.len()..];
     std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
-/// Where a trailing `,"seq":<digits>}` starts in a trimmed event line. A string value cannot end that
-/// way: its quotes would be escaped.
-fn seq_field_start(line: &[u8]) -> Option<usize> {
-    let inner = line.strip_suffix(b"}")?;
+/// Where `<field><digits>` ends `inner` (an event line without its closing brace), if it does. A
+/// string value cannot end that way: its quotes would be escaped.
+fn trailing_number_field(inner: &[u8], field: &[u8]) -> Option<usize> {
     let digits = inner
         .iter()
         .rev()
         .take_while(|b| b.is_ascii_digit())
         .count();
     let before_digits = &inner[..inner.len() - digits];
-    (digits > 0 && before_digits.ends_with(SEQ_FIELD))
-        .then(|| before_digits.len() - SEQ_FIELD.len())
+    (digits > 0 && before_digits.ends_with(field)).then(|| before_digits.len() - field.len())
 }
 
 /// A decoded event: the visit, and the sending edge's sequence number for it when it has one.
@@ -94,6 +107,8 @@ fn seq_field_start(line: &[u8]) -> Option<usize> {
 pub struct Event {
     pub visit: Visit,
     pub seq: Option<u64>,
+    /// Every number of the sending edge below it is confirmed or will never be sent.
+    pub seq_floor: Option<u64>,
 }
 
 /// Splits a message into its event lines (blank lines are skipped) and decodes each one on its own,
@@ -125,6 +140,7 @@ pub fn decode_event(line: &[u8]) -> Result<Event, EventError> {
                 edge: event.edge,
             },
             seq: event.seq,
+            seq_floor: event.seq_floor,
         }),
         Ok(event) => Err(EventError::UnsupportedVersion(event.v.to_string())),
         Err(err) => Err(version_error(line).unwrap_or(EventError::Invalid(err))),
@@ -166,6 +182,8 @@ struct EventIn {
     edge: String,
     #[serde(default)]
     seq: Option<u64>,
+    #[serde(default)]
+    seq_floor: Option<u64>,
 }
 
 impl Serialize for HeaderText {
@@ -377,18 +395,28 @@ mod tests {
             "a string cannot pass for the field"
         );
         let mut once = Vec::new();
-        append_with_seq(&line, 41, &mut once);
+        append_with_seq(&line, 41, None, &mut once);
         assert!(
             once.ends_with(b",\"seq\":41}\n"),
             "{}",
             String::from_utf8_lossy(&once)
         );
         assert_eq!(trailing_seq(&once), Some(41));
+        assert_eq!(decode_event(&once).unwrap().seq_floor, None);
         let mut again = Vec::new();
-        append_with_seq(&once, 18446744073709551615, &mut again);
+        append_with_seq(&once, 18446744073709551615, Some(7), &mut again);
         assert_eq!(trailing_seq(&again), Some(u64::MAX));
         let decoded = decode_event(&again).unwrap();
         assert_eq!(decoded.seq, Some(u64::MAX));
+        assert_eq!(decoded.seq_floor, Some(7));
         assert_eq!(decoded.visit.user_agent, original.user_agent);
+        // Numbered again: both fields replaced, none repeated (a JSON object with one twice is refused).
+        let mut thrice = Vec::new();
+        append_with_seq(&again, 9, Some(8), &mut thrice);
+        let decoded = decode_event(&thrice).unwrap();
+        assert_eq!((decoded.seq, decoded.seq_floor), (Some(9), Some(8)));
+        let mut without_floor = Vec::new();
+        append_with_seq(&thrice, 10, None, &mut without_floor);
+        assert_eq!(decode_event(&without_floor).unwrap().seq_floor, None);
     }
 }

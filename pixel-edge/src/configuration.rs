@@ -131,6 +131,10 @@ pub struct EdgeSettings {
     /// Keep each visit until the sink's receipt says it is in the log, not only until the broker's
     /// PUBACK, so that even a broker crash loses nothing. Needs a spool; `false` for an edge without a disk.
     pub receipts: bool,
+    /// How long after a PUBACK the edge waits for a receipt that covers it before it sends again what
+    /// the receipt does not cover (the broker acknowledged it and may never have delivered it), and
+    /// the start of the back-off while no receipt comes at all (see `receipt_wait`).
+    pub receipt_timeout_secs: u64,
     /// The spool's bound; once it is full, new visits wait in the queue, then are dropped and counted.
     pub spool_max_bytes: u64,
     /// Referrer and user-agent are cut to this many bytes before they are queued.
@@ -150,6 +154,9 @@ impl Default for EdgeSettings {
             drain_timeout_secs: 10,
             spool_dir: None,
             receipts: true,
+            // Assumed: a sink confirms within a second or two (a synced batch, receipts coalesced
+            // over 100 ms); 30 s leaves room for a slow disk before visits are sent again.
+            receipt_timeout_secs: 30,
             spool_max_bytes: 256 * 1024 * 1024,
             max_field_bytes: 4096,
             max_in_flight_bytes: 8 * 1024 * 1024,
@@ -283,6 +290,12 @@ impl Settings {
                 "needs edge.spool_dir: visits wait on disk until the sink confirms them",
             ));
         }
+        if self.edge.receipt_timeout_secs == 0 {
+            return Err(SettingsError::invalid(
+                "edge.receipt_timeout_secs",
+                "must be at least 1",
+            ));
+        }
         if self.edge.spool_max_bytes < 1024 * 1024 {
             return Err(SettingsError::invalid(
                 "edge.spool_max_bytes",
@@ -388,6 +401,10 @@ impl Settings {
 
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_secs(self.edge.drain_timeout_secs)
+    }
+
+    pub fn receipt_timeout(&self) -> Duration {
+        Duration::from_secs(self.edge.receipt_timeout_secs)
     }
 }
 
@@ -587,6 +604,11 @@ mod tests {
                 "TRACKER__EDGE__SPOOL_MAX_BYTES",
                 "1000",
                 "edge.spool_max_bytes",
+            ),
+            (
+                "TRACKER__EDGE__RECEIPT_TIMEOUT_SECS",
+                "0",
+                "edge.receipt_timeout_secs",
             ),
             ("TRACKER__PRIVACY__IP", "masked", "privacy.ip"),
             ("TRACKER__PRIVACY__REFERRER", "none", "privacy.referrer"),

@@ -12,6 +12,7 @@ pub mod privacy;
 mod proxy_protocol;
 mod publisher;
 pub mod queue;
+mod receipt_wait;
 pub mod routes;
 mod server;
 mod spool;

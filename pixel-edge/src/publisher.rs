@@ -5,7 +5,8 @@
 //! read back from it. With receipts (`edge.receipts`, the default) a batch is confirmed by the sink's
 //! retained receipt on `{mqtt.receipt_topic}/{edge.id}`, which the edge subscribes to on every
 //! connection; after every reconnect the edge sends again, in order, all the sink has not confirmed,
-//! since a broker that crashed may have lost what it acknowledged. Without receipts the broker's PUBACK
+//! since a broker that crashed may have lost what it acknowledged, and so it does when the receipt
+//! stays short of the PUBACKs (a broker that acknowledged what it never delivered, see `receipt_wait`). Without receipts the broker's PUBACK
 //! confirms a batch, and only what a lost connection left unacknowledged is sent again. Without a
 //! spool, visits wait in the bounded in-memory queue while the broker is away.
 
@@ -29,6 +30,7 @@ use crate::configuration::Settings;
 use crate::connection::{Connection, LinkEvent};
 use crate::flight_window::FlightWindow;
 use crate::queue::{self, EncodedVisit};
+use crate::receipt_wait::{Receipt, ReceiptWait};
 use crate::spool::Spool;
 
 /// After the broker refuses a batch (e.g. "no matching subscribers"), wait this long before trying again.
@@ -68,8 +70,8 @@ pub struct Publisher {
     retry_delays: Box<dyn Iterator<Item = Duration> + Send>,
     /// Set after a refused batch: publish nothing until then.
     paused_until: Option<Instant>,
-    /// The highest sequence number a receipt confirmed.
-    confirmed: Option<u64>,
+    /// What the receipts confirmed, and when to send again what they leave out.
+    receipt_wait: ReceiptWait,
     delivered: u64,
 }
 
@@ -116,7 +118,7 @@ impl Publisher {
             reconnect_at: Instant::now(),
             retry_delays: Box::new(common::backoff::retry_delays()),
             paused_until: None,
-            confirmed: None,
+            receipt_wait: ReceiptWait::new(settings.receipt_timeout()),
             delivered: 0,
         })
     }
@@ -157,7 +159,10 @@ impl Publisher {
                     tracing::info!(in_memory = self.visits_in_memory_only(), "draining before shutdown");
                 }
                 _ = sleep_until(drain_deadline.unwrap_or_else(Instant::now)), if drain_deadline.is_some() => break,
-                _ = metrics_tick.tick() => self.record_spool_metrics(),
+                _ = metrics_tick.tick() => {
+                    self.record_spool_metrics();
+                    self.resend_if_unconfirmed();
+                }
             }
         }
         self.finish().await
@@ -400,16 +405,18 @@ impl Publisher {
         metrics::counter!("tracker_edge_visits_acknowledged_total").increment(batch.visits as u64);
         metrics::histogram!("tracker_edge_publish_ack_seconds").record(submitted_at.elapsed());
         // Without receipts the PUBACK confirms; PUBACKs come in publishing order, so everything
-        // spooled before this batch is acknowledged too.
-        if let (None, Some(last_seq)) = (&self.receipt_topic, batch.last_seq) {
-            self.confirm_through(last_seq).await;
+        // spooled before this batch is acknowledged too. With them, it starts the wait for a receipt.
+        match (&self.receipt_topic, batch.last_seq) {
+            (None, Some(last_seq)) => self.confirm_through(last_seq).await,
+            (Some(_), Some(last_seq)) => self.receipt_wait.acked(last_seq, Instant::now()),
+            (_, None) => {}
         }
     }
 
     /// Assumption: any refusal is passing (no subscriber yet, quota); the visits are kept and retried.
-    /// A spooled batch is appended again with new sequence numbers, since batches published after it
-    /// may have been accepted (their numbers are higher) and the sink would take the old ones for
-    /// duplicates.
+    /// With receipts a spooled batch keeps its numbers (the sink's mark waits for them, and the
+    /// numbers above are no reason to drop them); without, the PUBACKs of later batches release it
+    /// from the spool, so it is appended again with new numbers.
     async fn on_refused(&mut self, reason: PubAckReason, batch: Batch) {
         metrics::counter!("tracker_edge_puback_refused_total", "reason" => format!("{reason:?}"))
             .increment(1);
@@ -420,7 +427,7 @@ impl Publisher {
         );
         self.paused_until = Some(Instant::now() + REFUSED_PAUSE);
         self.window.reset();
-        if batch.spooled {
+        if batch.spooled && self.receipt_topic.is_none() {
             let payload = batch.payload.clone();
             match self.with_spool(move |spool| spool.append(&payload)).await {
                 Some(Ok(())) => return,
@@ -448,15 +455,36 @@ impl Publisher {
             tracing::warn!(payload = ?publish.payload, "ignored a receipt that is not a sequence number");
             return;
         };
-        if let Some(earlier) = self.confirmed.filter(|&earlier| seq < earlier) {
-            tracing::warn!(
+        match self.receipt_wait.receipt(seq, Instant::now()) {
+            Receipt::Advanced => self.confirm_through(seq).await,
+            Receipt::Same => {}
+            Receipt::WentBack { earlier } => tracing::warn!(
                 earlier,
                 now = seq,
                 "the broker lost its state (this edge's receipt went back): sending again all the sink has not confirmed"
-            );
+            ),
         }
-        self.confirmed = Some(self.confirmed.unwrap_or(0).max(seq));
-        self.confirm_through(seq).await;
+    }
+
+    /// Sends again everything unconfirmed once the receipt has stopped short of the PUBACKs for too
+    /// long: the broker acknowledged visits it did not deliver (see `receipt_wait`).
+    fn resend_if_unconfirmed(&mut self) {
+        if self.receipt_topic.is_none()
+            || self.connection.is_none()
+            || !self.receipt_wait.resend_due(Instant::now())
+        {
+            return;
+        }
+        let Some(spool) = self.spool.as_mut() else {
+            return;
+        };
+        let visits = spool.rewind();
+        metrics::counter!("tracker_edge_unconfirmed_resends_total").increment(1);
+        tracing::warn!(
+            visits,
+            confirmed = ?self.receipt_wait.confirmed(),
+            "the sink's receipt stops short of what the broker acknowledged (a broker queue overflowed, or no sink session yet): sending again every visit the sink has not confirmed"
+        );
     }
 
     async fn confirm_through(&mut self, seq: u64) {
@@ -505,6 +533,7 @@ impl Publisher {
             self.unpop_outbox(batch);
         }
         self.connection = None;
+        self.receipt_wait.connection_lost();
         self.window.reset();
         self.set_connected(false);
         self.reconnect_at = Instant::now() + delay;

@@ -5,9 +5,13 @@
 //! Append-only segments `<number>.ndjson` hold whole batches (NDJSON lines), each appended and
 //! `fdatasync`ed before it is published. Appending gives every event its sequence number (the `seq`
 //! field of the wire format): it only grows, also across restarts, so the sink can tell a redelivery
-//! exactly. Batches are read back oldest first. A confirmation "everything up to seq N" marks every
+//! exactly, and it has no holes (a number is used up only by an event synced here), so the sink's
+//! contiguous mark can follow it. The first event of each append also carries the spool's floor
+//! (`seq_floor`: the lowest number it still holds unconfirmed), which lets the sink pass numbers that
+//! will never come (those of a spool lost, or before a fresh one). Batches are read back oldest first. A confirmation "everything up to seq N" marks every
 //! segment whose last event is at or below N as done; done segments are deleted, except the one being
-//! appended to, which is replaced once full. After a reconnect the reader starts again at the first
+//! appended to, which is replaced once full. After a reconnect (or a receipt that stopped short of what
+//! the broker acknowledged, see `publisher`) the reader starts again at the first
 //! unconfirmed segment.
 //!
 //! At start-up every segment left is replayed; empty ones are deleted. The highest sequence number is
@@ -56,7 +60,8 @@ struct Segment {
     read: u64,
     /// Bytes confirmed: everything before this offset is safe and need not be sent again.
     confirmed: u64,
-    /// Sequence number of its last event, if it holds any.
+    /// Sequence numbers of its first and last events, if it holds any.
+    first_seq: Option<u64>,
     last_seq: Option<u64>,
     /// Events not yet confirmed.
     unconfirmed: usize,
@@ -131,17 +136,29 @@ impl Spool {
         self.segments.iter().filter_map(|s| s.since).min()
     }
 
+    /// The lowest sequence number held unconfirmed, or the next one: every number below it is
+    /// confirmed or was never given.
+    pub fn floor(&self) -> u64 {
+        self.segments
+            .iter()
+            .filter(|s| s.confirmed < s.len)
+            .find_map(|s| s.first_seq)
+            .unwrap_or(self.next_seq)
+    }
+
     /// Appends a batch of event lines (without sequence numbers), giving each the next sequence
-    /// number, and syncs it. After a failure the segment is cut back to where the batch began (or, if
-    /// that fails too, closed: reading stops before the torn part) and no number is used up.
+    /// number (and the first one the [floor](Self::floor)), and syncs it. After a failure the segment
+    /// is cut back to where the batch began (or, if that fails too, closed: reading stops before the
+    /// torn part) and no number is used up.
     pub fn append(&mut self, lines: &[u8]) -> io::Result<()> {
         if self.active_segment().len >= SEGMENT_BYTES {
             self.start_segment()?;
         }
         let mut out = Vec::with_capacity(lines.len() + lines.len() / 8);
         let mut seq = self.next_seq;
+        let mut floor = Some(self.floor());
         for line in lines.split_inclusive(|&b| b == b'\n') {
-            wire::append_with_seq(line, seq, &mut out);
+            wire::append_with_seq(line, seq, floor.take(), &mut out);
             seq += 1;
         }
         let events = (seq - self.next_seq) as usize;
@@ -159,9 +176,11 @@ impl Spool {
             }
             return Err(err);
         }
+        let first = self.next_seq;
         self.next_seq = seq;
         let segment = self.active_segment_mut();
         segment.len += out.len() as u64;
+        segment.first_seq.get_or_insert(first);
         segment.last_seq = Some(seq - 1);
         segment.unconfirmed += events;
         segment.since.get_or_insert_with(SystemTime::now);
@@ -226,7 +245,7 @@ impl Spool {
         Ok(())
     }
 
-    /// After a reconnect: read again from the first unconfirmed event (a broker may have lost what
+    /// After a reconnect or a stalled receipt: read again from the first unconfirmed event (a broker may have lost what
     /// it acknowledged). Returns the events to be sent again.
     pub fn rewind(&mut self) -> usize {
         for segment in &mut self.segments {
@@ -341,6 +360,7 @@ fn scan_segment(number: u64, path: PathBuf) -> io::Result<Option<Segment>> {
         len: len as u64,
         read: 0,
         confirmed: 0,
+        first_seq: wire::trailing_seq(first_line),
         last_seq: wire::trailing_seq(last_line),
         unconfirmed: memchr::memchr_iter(b'\n', &content[..len]).count(),
         since,
@@ -358,6 +378,7 @@ fn create_segment(dir: &Path, number: u64) -> io::Result<(File, Segment)> {
             len: 0,
             read: 0,
             confirmed: 0,
+            first_seq: None,
             last_seq: None,
             unconfirmed: 0,
             since: None,
@@ -449,6 +470,37 @@ mod tests {
         assert_eq!(spool.unconfirmed_visits(), 0);
         assert_eq!(spool.rewind(), 0, "nothing to send again");
         assert!(spool.next_batch().unwrap().is_none());
+    }
+
+    #[test]
+    fn the_first_event_of_each_append_carries_the_lowest_unconfirmed_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 1 << 20).unwrap();
+        let floors = |batch: &Batch| -> Vec<Option<u64>> {
+            wire::decode_message(&batch.payload)
+                .map(|(_, event)| event.unwrap().seq_floor)
+                .collect()
+        };
+        spool.append(&events(&["a", "b"])).unwrap();
+        let first = spool.next_batch().unwrap().unwrap();
+        let a = read(&first)[0].1;
+        assert_eq!(
+            floors(&first),
+            [Some(a), None],
+            "a fresh spool: its own first number"
+        );
+        spool.append(&events(&["c"])).unwrap();
+        assert_eq!(
+            floors(&spool.next_batch().unwrap().unwrap()),
+            [Some(a)],
+            "a, b still held"
+        );
+        spool.confirm_through(a + 2).unwrap();
+        assert_eq!(spool.floor(), a + 3);
+        spool.append(&events(&["d"])).unwrap();
+        let d = spool.next_batch().unwrap().unwrap();
+        assert_eq!(floors(&d), [Some(a + 3)]);
+        assert_eq!(read(&d)[0].1, a + 3, "no number was skipped");
     }
 
     #[test]

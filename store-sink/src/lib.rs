@@ -6,6 +6,7 @@ pub mod append_file;
 pub mod configuration;
 mod health;
 mod receipts;
+mod sequences;
 pub mod storage;
 mod subscription;
 mod writer;

@@ -151,7 +151,11 @@ impl Storage {
         let mut rejection = Rejection::new(self.max_rejected_bytes);
         for (event, decoded) in wire::decode_message(payload) {
             match decoded {
-                Ok(wire::Event { visit, seq }) if self.written_ids.is_new(topic, visit.id, seq) => {
+                Ok(wire::Event {
+                    visit,
+                    seq,
+                    seq_floor,
+                }) if self.written_ids.is_new(topic, visit.id, seq, seq_floor) => {
                     line::write_line(&visit, self.max_field_bytes, self.visits.buffer());
                     self.newest_visit = self.newest_visit.max(Some(visit.ts));
                     outcome.written += 1;

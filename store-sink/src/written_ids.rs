@@ -6,36 +6,54 @@
 //! range the lines take in the log: at start-up a record counts only if the log reaches its end, so a
 //! crash between the two writes can only make the sink write a batch again, never skip one.
 //!
-//! Events that carry an edge's sequence number are also checked against the highest number written
-//! for that edge's topic: at or below it is a duplicate, however large the redelivered backlog (the id
-//! window still applies, for a batch an edge numbered again after the broker refused it). The highest
-//! numbers take memory per edge, not per visit, and are journaled with the batch that raised them.
+//! Events that carry an edge's sequence number are also checked against the numbers written for that
+//! edge's topic ([`Written`]: a contiguous mark and the ranges above it): one already written is a
+//! duplicate, however large the redelivered backlog (the id window still applies). They take memory
+//! per edge and per gap, not per visit, and are journaled with the batch that wrote them.
 //!
-//! Journal records: `<start> <end> <id> <id> ...\n`, ids in simple (32 hex digits) form, and
-//! `S <start> <end> <seq> <topic>\n` (topic escaped as in the log) for each edge whose highest number
-//! the batch raised. When the sink reopens its log (SIGHUP, after a rotation) it writes a `reopen`
+//! Journal records: `<start> <end> <id> <id> ...\n`, ids in simple (32 hex digits) form; per edge topic
+//! of the batch, `R <start> <end> <lo>-<hi>,... <topic>\n` (topic escaped as in the log) for the
+//! numbers it wrote, and `S <start> <end> <mark> <topic>\n` when an event's `seq_floor` raised the
+//! mark (older sinks wrote their highest number there: they confirmed it, so it reads as a mark).
+//! When the sink reopens its log (SIGHUP, after a rotation) it writes a `reopen`
 //! line: records before the last one refer to an older file, were flushed before the reopen, and count
-//! without an offset check. A rotated journal starts with every edge's durable number (`S 0 0 ...`).
+//! without an offset check. A rotated journal starts with every edge's durable state (`S 0 0 ...`,
+//! `R 0 0 ...`).
 //!
 //! At start-up, when the log ends inside the last batch (a crash or a short write in its middle), the
 //! sink cuts the log back to where that batch began: those lines were never acked and come again.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
 use common::line;
+use rangemap::RangeInclusiveSet;
 use uuid::Uuid;
 
 use crate::append_file::AppendFile;
+use crate::sequences::Written;
 
 /// The journal line written when the log is reopened.
 const REOPEN: &[u8] = b"reopen\n";
-/// Starts a record of an edge's highest sequence number.
+/// Starts a record of an edge's mark.
 const SEQ_RECORD: &[u8] = b"S ";
+/// Starts a record of the sequence numbers a batch wrote for an edge.
+const RANGES_RECORD: &[u8] = b"R ";
 
-type Sequences = HashMap<String, u64, foldhash::fast::RandomState>;
+type Sequences = HashMap<String, Written, foldhash::fast::RandomState>;
 type Topics = HashSet<String, foldhash::fast::RandomState>;
+/// Per edge topic, what the batch being formatted wrote.
+type BatchSequences = HashMap<String, BatchWritten, foldhash::fast::RandomState>;
+
+/// One batch's part in an edge's [`Written`]: what it adds, journaled with it.
+#[derive(Default)]
+struct BatchWritten {
+    seqs: RangeInclusiveSet<u64>,
+    /// The highest mark an event's `seq_floor` asked for; 0: none.
+    mark: u64,
+}
 
 pub struct WrittenIds {
     /// Hashed with foldhash: SipHash was most of the cost of remembering an id.
@@ -48,17 +66,17 @@ pub struct WrittenIds {
     journaled: usize,
     /// Ids taken by the batch being formatted.
     batch: Vec<Uuid>,
-    /// Per edge topic, the highest sequence number written, counting the batch being formatted.
+    /// Per edge topic, the sequence numbers written, counting the batch being formatted.
     sequences: Sequences,
     /// The same, for what is synced in the log: what receipts may say.
     durable: Sequences,
-    /// Topics whose number the batch being formatted raised, to be journaled with it.
-    raised: Topics,
+    /// What the batch being formatted wrote, to be journaled with it.
+    batch_sequences: BatchSequences,
     /// Topics the batches since the last durable flush came from (raised or not): each gets a receipt,
     /// also for a batch of duplicates, since the broker may have lost the retained one.
     seen: Topics,
-    /// Raised numbers journaled and waiting for the log's flush to become durable.
-    staged: Vec<(String, u64)>,
+    /// Batches' numbers journaled and waiting for the log's flush to become durable.
+    staged: Vec<(String, BatchWritten)>,
     /// Where the last batch began when the log ends inside it; the log is to be cut back there.
     torn_batch_start: Option<u64>,
 }
@@ -76,14 +94,15 @@ impl WrittenIds {
             batch: Vec::new(),
             sequences: Sequences::default(),
             durable: Sequences::default(),
-            raised: Topics::default(),
+            batch_sequences: BatchSequences::default(),
             seen: Topics::default(),
             staged: Vec::new(),
             torn_batch_start: None,
         };
         // (ids, whether the log reaches its batch); a `reopen` line vouches for everything before it.
         let mut records: Vec<(Vec<Uuid>, bool)> = Vec::new();
-        let mut sequences: Vec<(String, u64, bool)> = Vec::new();
+        // (topic, mark, written ranges, whether the log reaches its batch).
+        let mut sequences: Vec<(String, u64, Vec<RangeInclusive<u64>>, bool)> = Vec::new();
         // The byte range of the last batch written to the current log.
         let mut last_range: Option<(u64, u64)> = None;
         for file in [old_journal_path(log_path), path] {
@@ -101,14 +120,23 @@ impl WrittenIds {
                     records.iter_mut().for_each(|(_, written)| *written = true);
                     sequences
                         .iter_mut()
-                        .for_each(|(_, _, written)| *written = true);
+                        .for_each(|(_, _, _, written)| *written = true);
                     last_range = None;
                     continue;
                 }
-                if let Some(seq_record) = record.strip_prefix(SEQ_RECORD) {
-                    match parse_seq_record(seq_record) {
-                        Some((start, end, seq, topic)) => {
-                            sequences.push((topic, seq, end <= log_len));
+                let parsed = if let Some(seq_record) = record.strip_prefix(SEQ_RECORD) {
+                    Some(parse_seq_record(seq_record, |mark| {
+                        Some((mark.parse().ok()?, Vec::new()))
+                    }))
+                } else {
+                    record.strip_prefix(RANGES_RECORD).map(|ranges_record| {
+                        parse_seq_record(ranges_record, |ranges| Some((0, parse_ranges(ranges)?)))
+                    })
+                };
+                if let Some(parsed) = parsed {
+                    match parsed {
+                        Some((start, end, (mark, ranges), topic)) => {
+                            sequences.push((topic, mark, ranges, end <= log_len));
                             if start < end {
                                 last_range = Some((start, end));
                             }
@@ -143,9 +171,10 @@ impl WrittenIds {
         for (ids, _) in records.into_iter().filter(|(_, written)| *written) {
             ids.into_iter().for_each(|id| written.remember(id));
         }
-        for (topic, seq, _) in sequences.into_iter().filter(|(_, _, written)| *written) {
-            let highest = written.durable.entry(topic).or_default();
-            *highest = (*highest).max(seq);
+        for (topic, mark, ranges, _) in sequences.into_iter().filter(|(.., written)| *written) {
+            let durable = written.durable.entry(topic).or_default();
+            durable.raise_mark(mark);
+            ranges.into_iter().for_each(|range| durable.insert(range));
         }
         written.sequences = written.durable.clone();
         written.journaled = written.order.len() + written.durable.len();
@@ -162,23 +191,32 @@ impl WrittenIds {
     }
 
     /// True the first time an event is offered (it joins the batch), false for a duplicate: an id seen
-    /// before, or a sequence number at or below the highest written for `topic`.
-    pub fn is_new(&mut self, topic: &str, id: Uuid, seq: Option<u64>) -> bool {
+    /// before, or a sequence number already written for `topic`. A `floor` (the event's `seq_floor`)
+    /// first raises `topic`'s mark to just below it.
+    pub fn is_new(&mut self, topic: &str, id: Uuid, seq: Option<u64>, floor: Option<u64>) -> bool {
         if let Some(seq) = seq {
             if !self.seen.contains(topic) {
                 self.seen.insert(topic.to_owned());
             }
-            match self.sequences.get_mut(topic) {
-                Some(highest) if seq <= *highest => return false,
-                // Raised even when the id turns out to be known: the event is in the log either way.
-                Some(highest) => *highest = seq,
-                None => {
-                    self.sequences.insert(topic.to_owned(), seq);
-                }
+            if !self.sequences.contains_key(topic) {
+                self.sequences.insert(topic.to_owned(), Written::default());
             }
-            if !self.raised.contains(topic) {
-                self.raised.insert(topic.to_owned());
+            if !self.batch_sequences.contains_key(topic) {
+                self.batch_sequences
+                    .insert(topic.to_owned(), BatchWritten::default());
             }
+            let written = self.sequences.get_mut(topic).expect("inserted above");
+            let batch = self.batch_sequences.get_mut(topic).expect("inserted above");
+            if let Some(mark) = floor.and_then(|floor| floor.checked_sub(1)) {
+                written.raise_mark(mark);
+                batch.mark = batch.mark.max(mark);
+            }
+            if written.contains(seq) {
+                return false;
+            }
+            // Recorded even when the id turns out to be known: the event is in the log either way.
+            written.insert(seq..=seq);
+            batch.seqs.insert(seq..=seq);
         }
         if !self.ids.insert(id) {
             return false;
@@ -205,11 +243,16 @@ impl WrittenIds {
             }
             out.push(b'\n');
         }
-        for topic in self.raised.drain() {
-            let seq = self.sequences[&topic];
-            write_seq_record(self.journal.buffer(), start, end, seq, &topic);
-            self.staged.push((topic, seq));
-            self.journaled += 1;
+        for (topic, batch) in self.batch_sequences.drain() {
+            if batch.mark > 0 {
+                write_seq_record(self.journal.buffer(), start, end, batch.mark, &topic);
+                self.journaled += 1;
+            }
+            if !batch.seqs.is_empty() {
+                write_ranges_record(self.journal.buffer(), start, end, batch.seqs.iter(), &topic);
+                self.journaled += 1;
+            }
+            self.staged.push((topic, batch));
         }
     }
 
@@ -223,34 +266,47 @@ impl WrittenIds {
             self.journal = AppendFile::open(&path)?;
             // Only durable numbers: the batch just journaled is not in the log yet, and its own
             // records stay in `.old`, which start-up reads too.
-            for (topic, seq) in &self.durable {
-                write_seq_record(self.journal.buffer(), 0, 0, *seq, topic);
+            self.journaled = 0;
+            for (topic, written) in &self.durable {
+                write_seq_record(self.journal.buffer(), 0, 0, written.mark(), topic);
+                if written.above().next().is_some() {
+                    write_ranges_record(self.journal.buffer(), 0, 0, written.above(), topic);
+                    self.journaled += 1;
+                }
+                self.journaled += 1;
             }
-            self.journaled = self.durable.len();
             self.journal.flush(sync)?;
         }
         Ok(())
     }
 
-    /// Every edge topic's highest durable number, as recovered or written since.
+    /// Every edge topic's durable mark, as recovered or written since.
     pub fn all_durable(&self) -> Vec<(String, u64)> {
         self.durable
             .iter()
-            .map(|(topic, seq)| (topic.clone(), *seq))
+            .filter(|(_, written)| written.mark() > 0)
+            .map(|(topic, written)| (topic.clone(), written.mark()))
             .collect()
     }
 
     /// The batches flushed so far are in the log: their numbers are durable. Returns, for each topic
-    /// they came from, the highest durable number: what its edge's receipt says.
+    /// they came from, the durable mark (every number up to it is in the log): what its edge's
+    /// receipt says.
     pub fn batch_durable(&mut self) -> Vec<(String, u64)> {
-        for (topic, seq) in self.staged.drain(..) {
-            let highest = self.durable.entry(topic).or_default();
-            *highest = (*highest).max(seq);
+        for (topic, batch) in self.staged.drain(..) {
+            let durable = self.durable.entry(topic).or_default();
+            durable.raise_mark(batch.mark);
+            batch
+                .seqs
+                .iter()
+                .for_each(|range| durable.insert(range.clone()));
         }
         self.seen
             .drain()
-            .filter_map(|topic| Some((self.durable.get(&topic).copied()?, topic)))
-            .map(|(seq, topic)| (topic, seq))
+            .filter_map(|topic| {
+                let mark = self.durable.get(&topic)?.mark();
+                (mark > 0).then_some((topic, mark))
+            })
             .collect()
     }
 
@@ -285,26 +341,59 @@ fn parse_record(record: &[u8]) -> Option<(u64, u64, Vec<Uuid>)> {
     Some((start, end, ids))
 }
 
-fn write_seq_record(out: &mut Vec<u8>, start: u64, end: u64, seq: u64, topic: &str) {
+fn write_seq_record(out: &mut Vec<u8>, start: u64, end: u64, mark: u64, topic: &str) {
     out.extend_from_slice(SEQ_RECORD);
-    out.extend_from_slice(format!("{start} {end} {seq} ").as_bytes());
+    out.extend_from_slice(format!("{start} {end} {mark} ").as_bytes());
     line::escape_into(topic.as_bytes(), out);
     out.push(b'\n');
 }
 
-/// `<start> <end> <seq> <escaped topic>` (the topic is the rest of the line).
-fn parse_seq_record(record: &[u8]) -> Option<(u64, u64, u64, String)> {
+fn write_ranges_record<'a>(
+    out: &mut Vec<u8>,
+    start: u64,
+    end: u64,
+    ranges: impl Iterator<Item = &'a RangeInclusive<u64>>,
+    topic: &str,
+) {
+    out.extend_from_slice(RANGES_RECORD);
+    out.extend_from_slice(format!("{start} {end} ").as_bytes());
+    for (n, range) in ranges.enumerate() {
+        let separator = if n == 0 { "" } else { "," };
+        out.extend_from_slice(format!("{separator}{}-{}", range.start(), range.end()).as_bytes());
+    }
+    out.push(b' ');
+    line::escape_into(topic.as_bytes(), out);
+    out.push(b'\n');
+}
+
+/// `<start> <end> <value> <escaped topic>` (the topic is the rest of the line), `value` read by
+/// `parse_value`.
+fn parse_seq_record<T>(
+    record: &[u8],
+    parse_value: impl FnOnce(&str) -> Option<T>,
+) -> Option<(u64, u64, T, String)> {
     let record = record.strip_suffix(b"\n")?;
     let mut parts = record.splitn(4, |&b| b == b' ');
     let mut number = || std::str::from_utf8(parts.next()?).ok()?.parse::<u64>().ok();
-    let (start, end, seq) = (number()?, number()?, number()?);
+    let (start, end) = (number()?, number()?);
+    let value = parse_value(std::str::from_utf8(parts.next()?).ok()?)?;
     let topic = line::unescape_field(parts.next()?).ok()??;
     Some((
         start,
         end,
-        seq,
+        value,
         String::from_utf8(topic.as_bytes().to_vec()).ok()?,
     ))
+}
+
+/// `<lo>-<hi>,<lo>-<hi>...`
+fn parse_ranges(text: &str) -> Option<Vec<RangeInclusive<u64>>> {
+    text.split(',')
+        .map(|range| {
+            let (lo, hi) = range.split_once('-')?;
+            Some(lo.parse().ok()?..=hi.parse().ok()?)
+        })
+        .collect()
 }
 
 fn journal_path(log_path: &Path) -> PathBuf {
@@ -334,16 +423,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut written = WrittenIds::recover(&dir.path().join("visits.log"), 0, 3).unwrap();
         let ids = ids(4);
-        assert!(written.is_new("t", ids[0], None));
-        assert!(!written.is_new("t", ids[0], None));
+        assert!(written.is_new("t", ids[0], None, None));
+        assert!(!written.is_new("t", ids[0], None, None));
         for id in &ids[1..] {
-            assert!(written.is_new("t", *id, None));
+            assert!(written.is_new("t", *id, None, None));
         }
         assert!(
-            written.is_new("t", ids[0], None),
+            written.is_new("t", ids[0], None, None),
             "evicted from a window of 3"
         );
-        assert!(!written.is_new("t", ids[3], None));
+        assert!(!written.is_new("t", ids[3], None, None));
     }
 
     #[test]
@@ -354,11 +443,11 @@ mod tests {
         let mut written = WrittenIds::recover(&log, 0, 100).unwrap();
         first
             .iter()
-            .for_each(|id| assert!(written.is_new("t", *id, None)));
+            .for_each(|id| assert!(written.is_new("t", *id, None, None)));
         written.stage_batch(0, 100);
         second
             .iter()
-            .for_each(|id| assert!(written.is_new("t", *id, None)));
+            .for_each(|id| assert!(written.is_new("t", *id, None, None)));
         written.stage_batch(100, 200);
         written.flush(true).unwrap();
         // A crash cut the last record short.
@@ -370,10 +459,16 @@ mod tests {
 
         // The log reached the end of the first batch only: the second is to be written again.
         let mut recovered = WrittenIds::recover(&log, 150, 100).unwrap();
-        assert!(!recovered.is_new("t", first[0], None) && !recovered.is_new("t", first[1], None));
-        assert!(recovered.is_new("t", second[0], None) && recovered.is_new("t", second[1], None));
+        assert!(
+            !recovered.is_new("t", first[0], None, None)
+                && !recovered.is_new("t", first[1], None, None)
+        );
+        assert!(
+            recovered.is_new("t", second[0], None, None)
+                && recovered.is_new("t", second[1], None, None)
+        );
         let mut all = WrittenIds::recover(&log, 200, 100).unwrap();
-        assert!(!all.is_new("t", second[1], None));
+        assert!(!all.is_new("t", second[1], None, None));
     }
 
     #[test]
@@ -383,18 +478,20 @@ mod tests {
         let mut written = WrittenIds::recover(&log, 0, 4).unwrap();
         let ids = ids(6);
         for (n, id) in ids.iter().enumerate() {
-            assert!(written.is_new("t", *id, None));
+            assert!(written.is_new("t", *id, None, None));
             written.stage_batch(n as u64, n as u64 + 1);
             written.flush(false).unwrap();
         }
         assert!(old_journal_path(&log).exists());
         let mut recovered = WrittenIds::recover(&log, 6, 4).unwrap();
         assert!(
-            ids[2..].iter().all(|id| !recovered.is_new("t", *id, None)),
+            ids[2..]
+                .iter()
+                .all(|id| !recovered.is_new("t", *id, None, None)),
             "the last window is known"
         );
         assert!(
-            recovered.is_new("t", ids[0], None),
+            recovered.is_new("t", ids[0], None, None),
             "older ids fell out of the window"
         );
     }
@@ -407,18 +504,21 @@ mod tests {
         let mut written = WrittenIds::recover(&log, 0, 100).unwrap();
         before
             .iter()
-            .for_each(|id| assert!(written.is_new("t", *id, None)));
+            .for_each(|id| assert!(written.is_new("t", *id, None, None)));
         written.stage_batch(0, 500);
         written.flush(true).unwrap();
         written.log_reopened(true).unwrap();
-        assert!(written.is_new("t", after[0], None));
+        assert!(written.is_new("t", after[0], None, None));
         written.stage_batch(0, 100);
         written.flush(true).unwrap();
 
         // The new log holds 50 bytes: the batch after the reopen did not make it, the ones before did.
         let mut recovered = WrittenIds::recover(&log, 50, 100).unwrap();
-        assert!(!recovered.is_new("t", before[0], None) && !recovered.is_new("t", before[1], None));
-        assert!(recovered.is_new("t", after[0], None));
+        assert!(
+            !recovered.is_new("t", before[0], None, None)
+                && !recovered.is_new("t", before[1], None, None)
+        );
+        assert!(recovered.is_new("t", after[0], None, None));
     }
 
     #[test]
@@ -427,9 +527,10 @@ mod tests {
         let log = dir.path().join("visits.log");
         let mut written = WrittenIds::recover(&log, 0, 2).unwrap();
         for seq in 1..=5 {
-            assert!(written.is_new("tracker/visits/a b", Uuid::now_v7(), Some(seq)));
+            assert!(written.is_new("tracker/visits/a b", Uuid::now_v7(), Some(seq), None));
         }
-        assert!(written.is_new("tracker/visits/c", Uuid::now_v7(), Some(9)));
+        // An edge whose numbering starts at 9: its floor says nothing below will come.
+        assert!(written.is_new("tracker/visits/c", Uuid::now_v7(), Some(9), Some(9)));
         written.stage_batch(0, 100);
         written.flush(true).unwrap();
         let mut receipts = written.batch_durable();
@@ -442,8 +543,8 @@ mod tests {
             ]
         );
         // Far more than the window of 2 ids, recognised by number alone.
-        assert!(!written.is_new("tracker/visits/a b", Uuid::now_v7(), Some(1)));
-        assert!(!written.is_new("tracker/visits/c", Uuid::now_v7(), Some(1)));
+        assert!(!written.is_new("tracker/visits/a b", Uuid::now_v7(), Some(1), None));
+        assert!(!written.is_new("tracker/visits/c", Uuid::now_v7(), Some(1), None));
         let mut again = written.batch_durable();
         again.sort();
         assert_eq!(
@@ -452,12 +553,63 @@ mod tests {
         );
 
         let mut recovered = WrittenIds::recover(&log, 100, 2).unwrap();
-        assert!(!recovered.is_new("tracker/visits/a b", Uuid::now_v7(), Some(5)));
-        assert!(recovered.is_new("tracker/visits/a b", Uuid::now_v7(), Some(6)));
+        assert!(!recovered.is_new("tracker/visits/a b", Uuid::now_v7(), Some(5), None));
+        assert!(recovered.is_new("tracker/visits/a b", Uuid::now_v7(), Some(6), None));
         // The log never got the batch: nothing it numbered counts.
         let mut short = WrittenIds::recover(&log, 50, 2).unwrap();
         assert_eq!(short.torn_batch_start(), Some(0));
-        assert!(short.is_new("tracker/visits/a b", Uuid::now_v7(), Some(1)));
+        assert!(short.is_new("tracker/visits/a b", Uuid::now_v7(), Some(1), None));
+    }
+
+    #[test]
+    fn receipts_stop_at_a_gap_and_the_numbers_above_it_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("visits.log");
+        let mut written = WrittenIds::recover(&log, 0, 2).unwrap();
+        // 103 was acknowledged by the broker and never delivered.
+        for seq in [101, 102, 104, 105] {
+            assert!(written.is_new("e", Uuid::now_v7(), Some(seq), Some(101)));
+        }
+        written.stage_batch(0, 100);
+        written.flush(true).unwrap();
+        assert_eq!(written.batch_durable(), [("e".to_owned(), 102)]);
+
+        let mut recovered = WrittenIds::recover(&log, 100, 2).unwrap();
+        assert_eq!(recovered.all_durable(), [("e".to_owned(), 102)]);
+        assert!(!recovered.is_new("e", Uuid::now_v7(), Some(104), None));
+        assert!(
+            recovered.is_new("e", Uuid::now_v7(), Some(103), None),
+            "the gap is filled"
+        );
+        assert!(!recovered.is_new("e", Uuid::now_v7(), Some(103), None));
+        recovered.stage_batch(100, 200);
+        recovered.flush(true).unwrap();
+        assert_eq!(recovered.batch_durable(), [("e".to_owned(), 105)]);
+
+        // The edge lost its spool and starts afresh far above: its floor passes what will never come.
+        assert!(recovered.is_new("e", Uuid::now_v7(), Some(900), Some(900)));
+        assert!(recovered.is_new("e", Uuid::now_v7(), Some(902), None));
+        recovered.stage_batch(200, 300);
+        recovered.flush(true).unwrap();
+        assert_eq!(recovered.batch_durable(), [("e".to_owned(), 900)]);
+        let mut again = WrittenIds::recover(&log, 300, 2).unwrap();
+        assert_eq!(again.all_durable(), [("e".to_owned(), 900)]);
+        assert!(!again.is_new("e", Uuid::now_v7(), Some(902), None));
+        assert!(again.is_new("e", Uuid::now_v7(), Some(901), None));
+    }
+
+    #[test]
+    fn a_journal_of_an_older_sink_reads_its_highest_numbers_as_marks() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("visits.log");
+        std::fs::write(journal_path(&log), "S 0 10 77 tracker/visits/e\n").unwrap();
+        let mut recovered = WrittenIds::recover(&log, 10, 2).unwrap();
+        assert_eq!(
+            recovered.all_durable(),
+            [("tracker/visits/e".to_owned(), 77)]
+        );
+        assert!(!recovered.is_new("tracker/visits/e", Uuid::now_v7(), Some(77), None));
+        assert!(recovered.is_new("tracker/visits/e", Uuid::now_v7(), Some(78), None));
     }
 
     #[test]
@@ -465,19 +617,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("visits.log");
         let mut written = WrittenIds::recover(&log, 0, 3).unwrap();
-        assert!(written.is_new("quiet", Uuid::now_v7(), Some(7)));
+        assert!(written.is_new("quiet", Uuid::now_v7(), Some(7), None));
         written.stage_batch(0, 1);
         written.flush(false).unwrap();
         written.batch_durable();
         // Two rotations of a busy edge's records, which would drop the quiet edge's record with `.old`.
         for n in 1..8u64 {
-            assert!(written.is_new("busy", Uuid::now_v7(), Some(n)));
+            assert!(written.is_new("busy", Uuid::now_v7(), Some(n), None));
             written.stage_batch(n, n + 1);
             written.flush(false).unwrap();
             written.batch_durable();
         }
         let mut recovered = WrittenIds::recover(&log, 8, 3).unwrap();
-        assert!(!recovered.is_new("quiet", Uuid::now_v7(), Some(7)));
-        assert!(!recovered.is_new("busy", Uuid::now_v7(), Some(7)));
+        assert!(!recovered.is_new("quiet", Uuid::now_v7(), Some(7), None));
+        assert!(
+            recovered.is_new("quiet", Uuid::now_v7(), Some(6), None),
+            "the gap below 7 is kept through the rotations"
+        );
+        assert!(!recovered.is_new("busy", Uuid::now_v7(), Some(7), None));
     }
 }

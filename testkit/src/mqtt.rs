@@ -44,3 +44,46 @@ pub async fn publish(
     sending.abort();
     acked
 }
+
+/// A subscriber such as an operator's `mosquitto_sub`: `user` reading `filter` at QoS 1 on a clean
+/// session, from its SUBACK until dropped. While it matches, the broker acknowledges visits with
+/// success even when no sink session exists to keep them.
+pub struct Watcher {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Subscribes `user` to `filter` on `broker` and returns once the broker granted it.
+pub async fn watch(broker: &Broker, user: &str, filter: &str) -> Watcher {
+    let mut options = MqttOptions::new(format!("test-{user}-watcher"), "127.0.0.1", broker.port());
+    options.set_credentials(user, broker.password(user));
+    let (client, mut eventloop) = AsyncClient::new(options, 16);
+    client
+        .subscribe(filter, QoS::AtLeastOnce)
+        .await
+        .expect("requesting the subscription");
+    loop {
+        match eventloop.poll().await.expect("the watcher connects") {
+            Event::Incoming(Packet::SubAck(ack)) => {
+                assert!(
+                    ack.return_codes
+                        .iter()
+                        .all(|code| matches!(code, rumqttc::SubscribeReasonCode::Success(_))),
+                    "{user} may not read {filter}: {ack:?}"
+                );
+                break;
+            }
+            _ => continue,
+        }
+    }
+    let task = tokio::spawn(async move {
+        let _client = client;
+        while eventloop.poll().await.is_ok() {}
+    });
+    Watcher { task }
+}

@@ -221,6 +221,77 @@ async fn visits_published_before_any_sink_subscribed_are_kept_until_one_does() {
     assert_exactly_once(&lines, &report.answered, "no subscriber at first");
 }
 
+/// The value of the counter or gauge `name` (without labels) on `edge`'s `/metrics`; `None` until it
+/// is there.
+async fn edge_metric(edge: &Service, name: &str) -> Option<f64> {
+    let text = client()
+        .get(edge.metrics_url())
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let value = text
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))?;
+    value.trim().parse().ok()
+}
+
+/// Waits until `edge`'s metric `name` satisfies `done` (a deadline for waiting, not a timing assertion).
+async fn wait_for_metric(edge: &Service, name: &str, done: impl Fn(f64) -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let value = edge_metric(edge, name).await;
+        if value.is_some_and(&done) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} never reached the expected value (last {value:?}):\n{}",
+            edge.log()
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// An operator's `mosquitto_sub` subscribed before the sink's very first subscription: the broker
+/// acknowledges the first visits with success, but no session keeps them for the sink. The sink then
+/// writes the edge's later visits; their receipt must not confirm the lost ones, which the edge sends
+/// again. Once the edge holds nothing unconfirmed, every visit is in the log exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn visits_the_broker_acked_but_never_delivered_are_not_confirmed_by_later_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start();
+    let monitor = testkit::mqtt::watch(&broker, "monitor", "tracker/visits/#").await;
+    let mut edge = Service::edge(
+        &broker,
+        "edge-a",
+        dir.path(),
+        &[("TRACKER__EDGE__RECEIPT_TIMEOUT_SECS", "1")],
+    );
+    let early = traffic(&edge, "early", 200, 2).await.unwrap();
+    wait_for_metric(&edge, "tracker_edge_visits_acknowledged_total", |acked| {
+        acked >= early.answered.len() as f64
+    })
+    .await;
+
+    let mut sink = Service::sink(&broker, dir.path(), &[]);
+    wait_for_log(&sink, "connected to the broker").await;
+    let late = traffic(&edge, "late", 200, 2).await.unwrap();
+    wait_for_metric(&edge, "tracker_edge_unconfirmed_visits", |held| held == 0.0).await;
+    let lines = settled_lines(&dir.path().join("visits.log"), Duration::from_secs(1)).await;
+    drop(monitor);
+    assert!(edge.terminate().success());
+    sink.terminate();
+    let answered = [early.answered, late.answered].concat();
+    assert_exactly_once(
+        &lines,
+        &answered,
+        "acked by the broker, never delivered to the sink",
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nothing_is_acked_while_writing_fails_and_everything_lands_once_fixed() {
     let dir = tempfile::tempdir().unwrap();
