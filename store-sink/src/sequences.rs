@@ -41,6 +41,11 @@ impl Written {
         if end <= self.mark || start > end {
             return;
         }
+        if start <= self.mark + 1 && self.above.is_empty() {
+            // The usual case, an edge's numbers in order: no range to keep.
+            self.mark = end;
+            return;
+        }
         self.above.insert(start.max(self.mark + 1)..=end);
         self.settle();
     }

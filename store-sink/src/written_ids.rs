@@ -29,7 +29,6 @@ use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
 use common::line;
-use rangemap::RangeInclusiveSet;
 use uuid::Uuid;
 
 use crate::append_file::AppendFile;
@@ -50,7 +49,8 @@ type BatchSequences = HashMap<String, BatchWritten, foldhash::fast::RandomState>
 /// One batch's part in an edge's [`Written`]: what it adds, journaled with it.
 #[derive(Default)]
 struct BatchWritten {
-    seqs: RangeInclusiveSet<u64>,
+    /// Disjoint, in the order written: an edge's numbers mostly come in one run.
+    seqs: Vec<RangeInclusive<u64>>,
     /// The highest mark an event's `seq_floor` asked for; 0: none.
     mark: u64,
 }
@@ -216,7 +216,10 @@ impl WrittenIds {
             }
             // Recorded even when the id turns out to be known: the event is in the log either way.
             written.insert(seq..=seq);
-            batch.seqs.insert(seq..=seq);
+            match batch.seqs.last_mut() {
+                Some(run) if run.end().checked_add(1) == Some(seq) => *run = *run.start()..=seq,
+                _ => batch.seqs.push(seq..=seq),
+            }
         }
         if !self.ids.insert(id) {
             return false;

@@ -24,10 +24,26 @@ pub struct Broker {
 impl Broker {
     /// Starts a broker on a free port and waits until it accepts connections.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts a broker whose shipped settings named in `overrides` (e.g. `max_queued_messages`) have
+    /// the given values instead.
+    pub fn start_with(overrides: &[(&str, &str)]) -> Self {
         let (port, tls_port) = (free_port(), free_port());
         let dir = tempfile::tempdir().expect("temp dir for the broker");
         init_secrets(&dir.path().join("secrets"));
         derive_config(port, tls_port, dir.path(), "mosquitto/mosquitto.conf");
+        let conf = dir.path().join("mosquitto.conf");
+        let mut config = String::new();
+        for line in std::fs::read_to_string(&conf).unwrap().lines() {
+            let key = line.split_whitespace().next().unwrap_or_default();
+            match overrides.iter().find(|(overridden, _)| *overridden == key) {
+                Some((key, value)) => config += &format!("{key} {value}\n"),
+                None => config += &format!("{line}\n"),
+            }
+        }
+        std::fs::write(&conf, config).unwrap();
         Self::launched(port, tls_port, dir)
     }
 

@@ -275,6 +275,15 @@ async fn visits_the_broker_acked_but_never_delivered_are_not_confirmed_by_later_
         acked >= early.answered.len() as f64
     })
     .await;
+    // Acknowledged, not confirmed: the edge shows what it holds and for how long.
+    wait_for_metric(&edge, "tracker_edge_unconfirmed_visits", |held| {
+        held == early.answered.len() as f64
+    })
+    .await;
+    wait_for_metric(&edge, "tracker_edge_unconfirmed_oldest_seconds", |age| {
+        age > 0.0
+    })
+    .await;
 
     let mut sink = Service::sink(&broker, dir.path(), &[]);
     wait_for_log(&sink, "connected to the broker").await;
@@ -289,6 +298,56 @@ async fn visits_the_broker_acked_but_never_delivered_are_not_confirmed_by_later_
         &lines,
         &answered,
         "acked by the broker, never delivered to the sink",
+    );
+    assert!(
+        edge.log()
+            .contains("the sink's receipt stops short of what the broker acknowledged"),
+        "{}",
+        edge.log()
+    );
+}
+
+/// The broker's queue for an absent sink holds 5 messages (`max_queued_messages`): it acknowledges
+/// the rest and drops them. The sink comes back, writes the 5 and then the edge's later visits; the
+/// dropped ones are sent again by the edge, and every visit lands exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn visits_a_full_broker_queue_dropped_are_sent_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_with(&[("max_queued_messages", "5")]);
+    let mut sink = Service::sink(&broker, dir.path(), &[]);
+    wait_for_log(&sink, "connected to the broker").await;
+    sink.terminate();
+    let mut edge = Service::edge(
+        &broker,
+        "edge-a",
+        dir.path(),
+        &[("TRACKER__EDGE__RECEIPT_TIMEOUT_SECS", "1")],
+    );
+    let queued = traffic(&edge, "queued", 300, 2).await.unwrap();
+    wait_for_metric(&edge, "tracker_edge_visits_acknowledged_total", |acked| {
+        acked >= queued.answered.len() as f64
+    })
+    .await;
+    assert!(
+        broker.log().contains("Outgoing messages are being dropped"),
+        "the broker dropped messages:\n{}",
+        broker.log()
+    );
+
+    sink.start();
+    wait_for_log(&sink, "connected to the broker").await;
+    let late = traffic(&edge, "late", 100, 2).await.unwrap();
+    wait_for_metric(&edge, "tracker_edge_unconfirmed_visits", |held| held == 0.0).await;
+    let lines = settled_lines(&dir.path().join("visits.log"), Duration::from_secs(1)).await;
+    assert!(edge.terminate().success());
+    sink.terminate();
+    let answered = [queued.answered, late.answered].concat();
+    assert_exactly_once(&lines, &answered, "dropped by a full broker queue");
+    assert!(
+        edge.log()
+            .contains("the sink's receipt stops short of what the broker acknowledged"),
+        "{}",
+        edge.log()
     );
 }
 

@@ -522,6 +522,7 @@ async fn the_sink_reports_health_readiness_and_metrics() {
         "tracker_sink_flush_seconds_bucket",
         "tracker_sink_fsync_seconds_bucket",
         "tracker_sink_lag_seconds",
+        "tracker_sink_receipts_published_total",
     ] {
         assert!(
             metrics.contains(expected),
