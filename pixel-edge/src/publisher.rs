@@ -30,7 +30,7 @@ use crate::configuration::Settings;
 use crate::connection::{Connection, LinkEvent};
 use crate::flight_window::FlightWindow;
 use crate::queue::{self, EncodedVisit};
-use crate::receipt_wait::{Receipt, ReceiptWait};
+use crate::receipt_wait::{Receipt, ReceiptWait, Resend};
 use crate::spool::Spool;
 
 /// After the broker refuses a batch (e.g. "no matching subscribers"), wait this long before trying again.
@@ -161,7 +161,7 @@ impl Publisher {
                 _ = sleep_until(drain_deadline.unwrap_or_else(Instant::now)), if drain_deadline.is_some() => break,
                 _ = metrics_tick.tick() => {
                     self.record_spool_metrics();
-                    self.resend_if_unconfirmed();
+                    self.resend_if_unconfirmed().await;
                 }
             }
         }
@@ -466,25 +466,47 @@ impl Publisher {
         }
     }
 
-    /// Sends again everything unconfirmed once the receipt has stopped short of the PUBACKs for too
-    /// long: the broker acknowledged visits it did not deliver (see `receipt_wait`).
-    fn resend_if_unconfirmed(&mut self) {
-        if self.receipt_topic.is_none()
-            || self.connection.is_none()
-            || !self.receipt_wait.resend_due(Instant::now())
-        {
+    /// Once the receipt has stopped short of the PUBACKs for too long (the broker acknowledged
+    /// visits it did not deliver), sends again everything unconfirmed, or a probe while no receipt
+    /// says the sink is there (see `receipt_wait`).
+    async fn resend_if_unconfirmed(&mut self) {
+        if self.receipt_topic.is_none() || self.connection.is_none() || self.spool.is_none() {
             return;
         }
-        let Some(spool) = self.spool.as_mut() else {
+        let Some(resend) = self.receipt_wait.resend_due(Instant::now()) else {
             return;
         };
-        let visits = spool.rewind();
         metrics::counter!("tracker_edge_unconfirmed_resends_total").increment(1);
-        tracing::warn!(
-            visits,
-            confirmed = ?self.receipt_wait.confirmed(),
-            "the sink's receipt stops short of what the broker acknowledged (a broker queue overflowed, or no sink session yet): sending again every visit the sink has not confirmed"
-        );
+        let confirmed = self.receipt_wait.confirmed();
+        match resend {
+            Resend::Everything => {
+                let visits = self.spool.as_mut().map_or(0, Spool::rewind);
+                tracing::warn!(
+                    visits,
+                    ?confirmed,
+                    "the sink's receipt stops short of what the broker acknowledged (a broker queue overflowed, or no sink session yet): sending again every visit the sink has not confirmed"
+                );
+            }
+            Resend::Probe => match self
+                .with_spool(|spool| spool.oldest_unconfirmed_batch())
+                .await
+            {
+                Some(Ok(Some(batch))) => {
+                    tracing::info!(
+                        visits = batch.visits,
+                        ?confirmed,
+                        "no receipt covers what the broker acknowledged (is the sink away?): sending the oldest unconfirmed batch again as a probe"
+                    );
+                    self.push_outbox(batch);
+                }
+                Some(Ok(None)) | None => {}
+                Some(Err(err)) => {
+                    metrics::counter!("tracker_edge_spool_errors_total", "operation" => "read")
+                        .increment(1);
+                    tracing::error!("could not read the spool: {err}");
+                }
+            },
+        }
     }
 
     async fn confirm_through(&mut self, seq: u64) {

@@ -4,16 +4,26 @@
 //! overflowed, or no sink session existed yet while another subscriber (an operator's
 //! `mosquitto_sub`) matched. The sink's receipt then stops short of what the broker acknowledged
 //! (it says only the contiguous part it has written). Once it has not covered the newest PUBACK for
-//! `edge.receipt_timeout_secs` since that PUBACK or the receipt's last move, the edge sends again
-//! everything unconfirmed. While receipts keep coming without covering it (the sink is there: a gap)
-//! it tries again after the same time; while none come at all (the sink is away and the broker holds
-//! its visits) it waits twice as long after each try, up to 32 times the timeout, so a long sink
-//! outage does not fill the broker with copies.
+//! `edge.receipt_timeout_secs` since that PUBACK or the receipt's last move, the edge tries again.
+//! When the sink is known to be there (a receipt came since the wait began, or began it), it sends
+//! again everything unconfirmed, and tries again after the same time. Otherwise (the sink may be away,
+//! the broker holding its visits) it sends only a probe, the oldest unconfirmed batch, and waits twice
+//! as long after each probe, up to 32 times the timeout: a long sink outage costs a batch per try,
+//! not copies of the whole spool, and the probe's receipt, once the sink is back, brings the rest.
 
 use tokio::time::{Duration, Instant};
 
 /// Waits grow by doubling this many times at most.
 const MAX_DOUBLINGS: u32 = 5;
+
+/// What to send again.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Resend {
+    /// Everything unconfirmed: the sink is there and the receipt stopped short.
+    Everything,
+    /// The oldest unconfirmed batch alone: no receipt came, the sink may be away.
+    Probe,
+}
 
 /// What a receipt told.
 #[derive(Debug, PartialEq, Eq)]
@@ -34,7 +44,7 @@ pub struct ReceiptWait {
     confirmed: Option<u64>,
     /// Since when the receipt has not covered `acked`; `None` while it does (or nothing is acked).
     since: Option<Instant>,
-    /// A receipt came since then without covering it.
+    /// A receipt came since then (or began it) without covering it: the sink is there.
     heard: bool,
     /// Tries in a row while no receipt came.
     unheard_tries: u32,
@@ -77,7 +87,7 @@ impl ReceiptWait {
         if told == Receipt::Advanced {
             self.confirmed = Some(seq);
             self.unheard_tries = 0;
-            self.heard = false;
+            self.heard = true;
             self.since = (!self.covered()).then_some(now);
         } else {
             self.heard = true;
@@ -85,25 +95,26 @@ impl ReceiptWait {
         told
     }
 
-    /// True when it is time to send everything unconfirmed again; the wait then starts over.
-    pub fn resend_due(&mut self, now: Instant) -> bool {
-        let Some(since) = self.since else {
-            return false;
-        };
+    /// What to send again, once it is time; the wait then starts over.
+    pub fn resend_due(&mut self, now: Instant) -> Option<Resend> {
+        let since = self.since?;
         let wait = if self.heard {
             self.timeout
         } else {
             self.timeout * 2u32.pow(self.unheard_tries.min(MAX_DOUBLINGS))
         };
         if now.duration_since(since) < wait {
-            return false;
+            return None;
         }
-        if !self.heard {
+        let resend = if self.heard {
+            Resend::Everything
+        } else {
             self.unheard_tries += 1;
-        }
+            Resend::Probe
+        };
         self.heard = false;
         self.since = Some(now);
-        true
+        Some(resend)
     }
 
     /// The connection was lost: the next one sends everything unconfirmed anyway, and its PUBACKs
@@ -130,51 +141,64 @@ mod tests {
         let mut wait = ReceiptWait::new(TIMEOUT);
         wait.acked(10, start);
         assert_eq!(wait.receipt(10, start + TIMEOUT / 2), Receipt::Advanced);
-        assert!(!wait.resend_due(start + TIMEOUT * 100));
+        assert_eq!(wait.resend_due(start + TIMEOUT * 100), None);
         assert_eq!(wait.receipt(10, start), Receipt::Same);
         assert_eq!(wait.receipt(4, start), Receipt::WentBack { earlier: 10 });
         assert_eq!(wait.confirmed(), Some(10), "never lowered");
     }
 
     #[test]
-    fn a_receipt_stuck_below_a_gap_brings_a_resend_after_the_timeout_each_time() {
+    fn a_receipt_stuck_below_a_gap_brings_everything_again_after_the_timeout_each_time() {
         let start = Instant::now();
         let mut wait = ReceiptWait::new(TIMEOUT);
         wait.acked(20, start);
         // The sink wrote up to 12, and 15..20 above a gap.
         assert_eq!(wait.receipt(12, start + TIMEOUT / 2), Receipt::Advanced);
-        assert!(!wait.resend_due(start + TIMEOUT));
-        assert!(
-            wait.resend_due(start + TIMEOUT * 3 / 2),
+        assert_eq!(wait.resend_due(start + TIMEOUT), None);
+        let due = wait.resend_due(start + TIMEOUT * 3 / 2);
+        assert_eq!(
+            due,
+            Some(Resend::Everything),
             "30 s since the receipt moved"
         );
         // The resend goes astray too; the sink is there and says 12 again.
         assert_eq!(wait.receipt(12, start + TIMEOUT * 2), Receipt::Same);
-        assert!(!wait.resend_due(start + TIMEOUT * 2));
-        assert!(
-            wait.resend_due(start + TIMEOUT * 5 / 2),
+        assert_eq!(wait.resend_due(start + TIMEOUT * 2), None);
+        let due = wait.resend_due(start + TIMEOUT * 5 / 2);
+        assert_eq!(
+            due,
+            Some(Resend::Everything),
             "the sink is there: no back-off"
         );
         assert_eq!(wait.receipt(20, start + TIMEOUT * 3), Receipt::Advanced);
-        assert!(!wait.resend_due(start + TIMEOUT * 100));
+        assert_eq!(wait.resend_due(start + TIMEOUT * 100), None);
     }
 
     #[test]
-    fn without_any_receipt_the_wait_doubles_up_to_a_bound() {
+    fn without_any_receipt_probes_follow_at_doubling_intervals_up_to_a_bound() {
         let start = Instant::now();
         let mut wait = ReceiptWait::new(TIMEOUT);
         wait.acked(5, start);
         let mut at = start;
         for doublings in [0, 1, 2, 3, 4, 5, 5, 5] {
             let wait_for = TIMEOUT * 2u32.pow(doublings);
-            assert!(!wait.resend_due(at + wait_for - Duration::from_secs(1)));
+            assert_eq!(
+                wait.resend_due(at + wait_for - Duration::from_secs(1)),
+                None
+            );
             at += wait_for;
-            assert!(wait.resend_due(at));
+            assert_eq!(wait.resend_due(at), Some(Resend::Probe));
         }
-        // Progress restarts the scale.
+        // The probe reached a sink that is back: the rest follows after the timeout.
         wait.acked(9, at);
         assert_eq!(wait.receipt(5, at), Receipt::Advanced);
-        assert!(wait.resend_due(at + TIMEOUT));
+        assert_eq!(wait.resend_due(at + TIMEOUT), Some(Resend::Everything));
+        let due = wait.resend_due(at + TIMEOUT * 2);
+        assert_eq!(
+            due,
+            Some(Resend::Probe),
+            "nothing heard since: a probe again"
+        );
     }
 
     #[test]
@@ -185,12 +209,10 @@ mod tests {
         // The retained receipt again, at a reconnect.
         assert_eq!(wait.receipt(3, start), Receipt::Same);
         wait.acked(5, start);
-        assert!(wait.resend_due(start + TIMEOUT));
-        assert!(
-            !wait.resend_due(start + TIMEOUT * 2),
-            "no receipt since: the wait doubles"
-        );
-        assert!(wait.resend_due(start + TIMEOUT * 3));
+        assert_eq!(wait.resend_due(start + TIMEOUT), Some(Resend::Probe));
+        let due = wait.resend_due(start + TIMEOUT * 2);
+        assert_eq!(due, None, "no receipt since: the wait doubles");
+        assert_eq!(wait.resend_due(start + TIMEOUT * 3), Some(Resend::Probe));
     }
 
     #[test]
@@ -199,8 +221,8 @@ mod tests {
         let mut wait = ReceiptWait::new(TIMEOUT);
         wait.acked(5, start);
         wait.connection_lost();
-        assert!(!wait.resend_due(start + TIMEOUT * 10));
+        assert_eq!(wait.resend_due(start + TIMEOUT * 10), None);
         wait.acked(5, start + TIMEOUT * 10);
-        assert!(wait.resend_due(start + TIMEOUT * 11));
+        assert_eq!(wait.resend_due(start + TIMEOUT * 11), Some(Resend::Probe));
     }
 }

@@ -192,34 +192,18 @@ impl Spool {
         let Some(segment) = self.segments.iter_mut().find(|s| s.read < s.len) else {
             return Ok(None);
         };
-        let mut file = File::open(&segment.path)?;
-        file.seek(SeekFrom::Start(segment.read))?;
-        let remaining = segment.len - segment.read;
-        let mut chunk = Vec::new();
-        (&mut file)
-            .take(remaining.min(MAX_BATCH_BYTES as u64))
-            .read_to_end(&mut chunk)?;
-        let mut end = chunk.iter().rposition(|&b| b == b'\n').map(|i| i + 1);
-        if end.is_none() {
-            // One line longer than a batch: read on to its end (`len` ends with a complete line).
-            file.take(remaining - chunk.len() as u64)
-                .read_to_end(&mut chunk)?;
-            end = chunk.iter().position(|&b| b == b'\n').map(|i| i + 1);
-        }
-        let end = end.ok_or_else(|| io::Error::other("a spool segment changed under the edge"))?;
-        chunk.truncate(end);
-        segment.read += end as u64;
-        let visits = memchr::memchr_iter(b'\n', &chunk).count();
-        let last_line = chunk[..end - 1]
-            .rsplit(|&b| b == b'\n')
-            .next()
-            .unwrap_or_default();
-        Ok(Some(Batch {
-            last_seq: wire::trailing_seq(last_line),
-            payload: Bytes::from(chunk),
-            visits,
-            spooled: true,
-        }))
+        let batch = read_batch(segment, segment.read)?;
+        segment.read += batch.payload.len() as u64;
+        Ok(Some(batch))
+    }
+
+    /// The oldest unconfirmed batch, read again without moving the reader (a probe: does it reach
+    /// the sink?).
+    pub fn oldest_unconfirmed_batch(&self) -> io::Result<Option<Batch>> {
+        let Some(segment) = self.segments.iter().find(|s| s.confirmed < s.len) else {
+            return Ok(None);
+        };
+        read_batch(segment, segment.confirmed).map(Some)
     }
 
     /// Everything up to sequence number `seq` is confirmed: segments that end at or below it are done
@@ -304,6 +288,37 @@ impl Spool {
             .back_mut()
             .expect("there is always an active segment")
     }
+}
+
+/// The batch at `from` in `segment`: whole lines, up to [`MAX_BATCH_BYTES`] (or one longer line).
+fn read_batch(segment: &Segment, from: u64) -> io::Result<Batch> {
+    let mut file = File::open(&segment.path)?;
+    file.seek(SeekFrom::Start(from))?;
+    let remaining = segment.len - from;
+    let mut chunk = Vec::new();
+    (&mut file)
+        .take(remaining.min(MAX_BATCH_BYTES as u64))
+        .read_to_end(&mut chunk)?;
+    let mut end = chunk.iter().rposition(|&b| b == b'\n').map(|i| i + 1);
+    if end.is_none() {
+        // One line longer than a batch: read on to its end (`len` ends with a complete line).
+        file.take(remaining - chunk.len() as u64)
+            .read_to_end(&mut chunk)?;
+        end = chunk.iter().position(|&b| b == b'\n').map(|i| i + 1);
+    }
+    let end = end.ok_or_else(|| io::Error::other("a spool segment changed under the edge"))?;
+    chunk.truncate(end);
+    let visits = memchr::memchr_iter(b'\n', &chunk).count();
+    let last_line = chunk[..end - 1]
+        .rsplit(|&b| b == b'\n')
+        .next()
+        .unwrap_or_default();
+    Ok(Batch {
+        last_seq: wire::trailing_seq(last_line),
+        payload: Bytes::from(chunk),
+        visits,
+        spooled: true,
+    })
 }
 
 fn lock(dir: &Path) -> io::Result<Flock<File>> {
@@ -513,11 +528,20 @@ mod tests {
         spool.append(&events(&["b"])).unwrap();
         let b = spool.next_batch().unwrap().unwrap();
         assert_eq!(spool.rewind(), 1);
+        assert_eq!(
+            read(&spool.oldest_unconfirmed_batch().unwrap().unwrap()),
+            read(&b),
+            "a probe reads the same"
+        );
         let again = spool.next_batch().unwrap().unwrap();
         assert_eq!(
             read(&again),
             read(&b),
             "only what follows the confirmed part"
+        );
+        assert!(
+            spool.next_batch().unwrap().is_none(),
+            "the probe moved no reader"
         );
     }
 

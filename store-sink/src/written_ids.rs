@@ -207,7 +207,11 @@ impl WrittenIds {
             }
             let written = self.sequences.get_mut(topic).expect("inserted above");
             let batch = self.batch_sequences.get_mut(topic).expect("inserted above");
-            if let Some(mark) = floor.and_then(|floor| floor.checked_sub(1)) {
+            // Journaled only when it moves the mark: usually the floor is at or below it already.
+            if let Some(mark) = floor
+                .and_then(|floor| floor.checked_sub(1))
+                .filter(|&mark| mark > written.mark())
+            {
                 written.raise_mark(mark);
                 batch.mark = batch.mark.max(mark);
             }
