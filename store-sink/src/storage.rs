@@ -233,13 +233,13 @@ impl Storage {
         self.rejected.flush(self.fsync)
     }
 
-    /// After a successful [`flush`](Self::flush): per edge topic of the batches flushed, the highest
-    /// sequence number now durably in the log.
+    /// After a successful [`flush`](Self::flush): per edge topic of the batches flushed, the mark
+    /// (every sequence number up to it is now durably in the log).
     pub fn take_receipts(&mut self) -> Vec<(String, u64)> {
         self.written_ids.batch_durable()
     }
 
-    /// Per edge topic, the highest sequence number durably in the log (recovered at start-up).
+    /// Per edge topic, the durable mark (recovered at start-up).
     pub fn all_receipts(&self) -> Vec<(String, u64)> {
         self.written_ids.all_durable()
     }
