@@ -13,6 +13,8 @@ use secrecy::SecretString;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+use crate::mqtt_protocol::MqttProtocol;
+
 /// Names the settings file when set; the file must then exist.
 pub const CONFIG_PATH_VAR: &str = "TRACKER_CONFIG";
 const DEFAULT_FILE: &str = "appsettings.json";
@@ -135,6 +137,8 @@ pub struct MqttSettings {
     /// Base topic of the sink's receipts: `{receipt_topic}/{edge.id}` says up to which sequence number
     /// that edge's visits are durably in the log (retained, so an edge reads it on every connect).
     pub receipt_topic: String,
+    /// The MQTT version: unset, the service's own (the edge 5, the sink 3.1.1, the only one it speaks).
+    pub protocol: Option<MqttProtocol>,
 }
 
 impl Default for MqttSettings {
@@ -155,6 +159,7 @@ impl Default for MqttSettings {
             keep_alive_secs: 15,
             connect_timeout_secs: 5,
             receipt_topic: "tracker/receipts".into(),
+            protocol: None,
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod configuration;
 pub mod in_turn;
 pub mod line;
 pub mod metrics;
+pub mod mqtt_protocol;
 pub mod rate_limit;
 pub mod shutdown;
 pub mod supervision;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::configuration::{MqttSettings, SettingsError, Sources};
+use common::mqtt_protocol::MqttProtocol;
 use common::telemetry::LogSettings;
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -399,6 +400,11 @@ impl Settings {
             .unwrap_or_else(|| format!("pixel-edge-{}", self.edge.id))
     }
 
+    /// `mqtt.protocol`, MQTT 5 unless set.
+    pub fn protocol(&self) -> MqttProtocol {
+        self.mqtt.protocol.unwrap_or(MqttProtocol::V5)
+    }
+
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_secs(self.edge.drain_timeout_secs)
     }
@@ -495,6 +501,9 @@ mod tests {
         let diskless = load(&[("TRACKER__EDGE__RECEIPTS", "false")]).unwrap();
         assert_eq!(diskless.edge.spool_dir, None);
         assert_eq!(settings.client_id(), "pixel-edge-edge-eu-1");
+        assert_eq!(settings.protocol(), MqttProtocol::V5);
+        let rabbitmq = load(&[("TRACKER__MQTT__PROTOCOL", "3.1.1")]).unwrap();
+        assert_eq!(rabbitmq.protocol(), MqttProtocol::V311);
     }
 
     #[test]
@@ -573,6 +582,7 @@ mod tests {
                 "edge.queue_capacity",
             ),
             ("TRACKER__MQTT__PORT", "0", "mqtt.port"),
+            ("TRACKER__MQTT__PROTOCOL", "3.1", "mqtt.protocol"),
             ("TRACKER__LOG__FORMAT", "xml", "log.format"),
             (
                 "TRACKER__HTTP__MAX_HEADER_BYTES",

@@ -18,16 +18,12 @@ use std::time::{Duration, SystemTime};
 use common::blocking::on_blocking_pool;
 use common::configuration::SettingsError;
 use common::in_turn::InTurn;
-use rumqttc::v5::mqttbytes::v5::{PubAckReason, Publish, SubscribeReasonCode};
-use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{Event, Incoming, MqttOptions};
-use rumqttc::Outgoing;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::{Batch, MAX_BATCH_BYTES};
 use crate::configuration::Settings;
-use crate::connection::{Connection, LinkEvent};
+use crate::connection::{Connection, LinkEvent, LinkOptions};
 use crate::flight_window::FlightWindow;
 use crate::queue::{self, EncodedVisit};
 use crate::receipt_wait::{Receipt, ReceiptWait, Resend};
@@ -43,7 +39,7 @@ const METRICS_EVERY: Duration = Duration::from_secs(1);
 
 pub struct Publisher {
     /// One per broker in `mqtt.hosts`: the current one is tried, the next after a failure.
-    options: InTurn<MqttOptions>,
+    options: InTurn<LinkOptions>,
     topic: String,
     /// `Some` with `edge.receipts`: where the sink confirms this edge's visits.
     receipt_topic: Option<String>,
@@ -85,20 +81,22 @@ impl Publisher {
         let window = FlightWindow::new(settings.edge.max_in_flight_bytes);
         let transport = settings.mqtt.transport()?;
         let credentials = settings.mqtt.credentials()?;
-        let options = settings.mqtt.brokers()?.into_iter().map(|(host, port)| {
-            let mut options = MqttOptions::new(settings.client_id(), host, port);
-            options.set_keep_alive(settings.mqtt.keep_alive());
-            options.set_connection_timeout(settings.mqtt.connect_timeout_secs);
-            // The edge keeps no broker session: it resends what was not confirmed itself (see `connection`).
-            options.set_clean_start(true);
-            // rumqttc sizes a table by this limit (u16::MAX by default: 14 MB); the window never needs more.
-            options.set_outgoing_inflight_upper_limit(window.max_batches() as u16);
-            options.set_transport(transport.clone());
-            if let Some((user, password)) = &credentials {
-                options.set_credentials(user, password);
-            }
-            options
-        });
+        let options = settings
+            .mqtt
+            .brokers()?
+            .into_iter()
+            .map(|(host, port)| LinkOptions {
+                protocol: settings.protocol(),
+                client_id: settings.client_id(),
+                host,
+                port,
+                keep_alive: settings.mqtt.keep_alive(),
+                connect_timeout_secs: settings.mqtt.connect_timeout_secs,
+                // rumqttc sizes a table by this limit (u16::MAX by default: 14 MB); the window never needs more.
+                max_in_flight: window.max_batches() as u16,
+                transport: transport.clone(),
+                credentials: credentials.clone(),
+            });
         let options = InTurn::new(options.collect())
             .ok_or_else(|| SettingsError::invalid("mqtt.hosts", "names no broker"))?;
         Ok(Self {
@@ -299,7 +297,7 @@ impl Publisher {
                 return;
             };
             let client = &self.connection.as_ref().expect("connected").client;
-            match client.try_publish(&self.topic, QoS::AtLeastOnce, false, batch.payload.clone()) {
+            match client.try_publish(&self.topic, batch.payload.clone()) {
                 Ok(()) => {
                     metrics::counter!("tracker_edge_visits_published_total")
                         .increment(batch.visits as u64);
@@ -338,15 +336,16 @@ impl Publisher {
 
     fn connect(&mut self) {
         let options = self.options.current();
-        tracing::debug!(broker = %broker_address(options), "connecting to the broker");
+        tracing::debug!(broker = %options.address(), protocol = %options.protocol, "connecting to the broker");
         let capacity = 2 * self.window.max_batches() + 8;
-        self.connection = Some(Connection::open(options.clone(), capacity));
+        self.connection = Some(Connection::open(options, capacity));
     }
 
     async fn on_event(&mut self, event: Option<LinkEvent>) {
         match event {
-            Some(Ok(Event::Incoming(Incoming::ConnAck(_)))) => {
-                tracing::info!(topic = %self.topic, broker = %broker_address(self.options.current()), "connected to the broker");
+            Some(LinkEvent::Connected) => {
+                let options = self.options.current();
+                tracing::info!(topic = %self.topic, broker = %options.address(), protocol = %options.protocol, "connected to the broker");
                 self.set_connected(true);
                 self.retry_delays = Box::new(common::backoff::retry_delays());
                 self.subscribe_to_receipts();
@@ -356,35 +355,28 @@ impl Publisher {
             // this task alone publishes). Upstream rumqtt#1007 / #1049 would return it from `publish`.
             // With receipts, a PUBACK only frees room in the window: what is kept or deleted follows
             // the sequence numbers the sink confirms, never this pairing.
-            Some(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => {
+            Some(LinkEvent::Sent(pkid)) => {
                 if let Some(sent) = self.submitted.pop_front() {
                     self.in_flight.insert(pkid, sent);
                 }
             }
-            Some(Ok(Event::Incoming(Incoming::PubAck(ack)))) => {
-                let Some((submitted_at, batch)) = self.in_flight.remove(&ack.pkid) else {
+            Some(LinkEvent::PubAck { pkid, refused }) => {
+                let Some((submitted_at, batch)) = self.in_flight.remove(&pkid) else {
                     return;
                 };
-                if ack.reason == PubAckReason::Success {
-                    self.on_delivered(submitted_at, batch).await;
-                } else {
-                    self.on_refused(ack.reason, batch).await;
+                match refused {
+                    None => self.on_delivered(submitted_at, batch).await,
+                    Some(reason) => self.on_refused(reason, batch).await,
                 }
             }
-            Some(Ok(Event::Incoming(Incoming::Publish(publish)))) => {
-                self.on_receipt(&publish).await
+            Some(LinkEvent::Message { topic, payload }) => self.on_receipt(&topic, &payload).await,
+            Some(LinkEvent::SubAck {
+                refused: Some(codes),
+            }) => {
+                tracing::error!(topic = ?self.receipt_topic, %codes, "the broker refused the receipt subscription: visits stay in the spool until it is allowed (mosquitto/acl)");
             }
-            Some(Ok(Event::Incoming(Incoming::SubAck(ack)))) => {
-                if ack
-                    .return_codes
-                    .iter()
-                    .any(|code| !matches!(code, SubscribeReasonCode::Success(_)))
-                {
-                    tracing::error!(topic = ?self.receipt_topic, codes = ?ack.return_codes, "the broker refused the receipt subscription: visits stay in the spool until it is allowed (mosquitto/acl)");
-                }
-            }
-            Some(Ok(_)) => {}
-            Some(Err(err)) => self.connection_lost(&err.to_string()),
+            Some(LinkEvent::SubAck { refused: None }) => {}
+            Some(LinkEvent::Lost(why)) => self.connection_lost(&why),
             None => self.connection_lost("connection closed"),
         }
     }
@@ -393,7 +385,7 @@ impl Publisher {
         let (Some(topic), Some(connection)) = (&self.receipt_topic, &self.connection) else {
             return;
         };
-        if let Err(err) = connection.client.try_subscribe(topic, QoS::AtLeastOnce) {
+        if let Err(err) = connection.client.try_subscribe(topic) {
             // Not fatal: the next connection subscribes again; meanwhile visits stay spooled.
             tracing::error!("could not request the receipt subscription: {err}");
         }
@@ -417,11 +409,11 @@ impl Publisher {
     /// With receipts a spooled batch keeps its numbers (the sink's mark waits for them, and the
     /// numbers above are no reason to drop them); without, the PUBACKs of later batches release it
     /// from the spool, so it is appended again with new numbers.
-    async fn on_refused(&mut self, reason: PubAckReason, batch: Batch) {
-        metrics::counter!("tracker_edge_puback_refused_total", "reason" => format!("{reason:?}"))
+    async fn on_refused(&mut self, reason: String, batch: Batch) {
+        metrics::counter!("tracker_edge_puback_refused_total", "reason" => reason.clone())
             .increment(1);
         tracing::warn!(
-            ?reason,
+            %reason,
             visits = batch.visits,
             "broker refused a batch; retrying in {REFUSED_PAUSE:?}"
         );
@@ -444,15 +436,15 @@ impl Publisher {
         self.push_outbox(batch);
     }
 
-    async fn on_receipt(&mut self, publish: &Publish) {
-        if self.receipt_topic.as_deref().map(str::as_bytes) != Some(&publish.topic[..]) {
+    async fn on_receipt(&mut self, topic: &[u8], payload: &[u8]) {
+        if self.receipt_topic.as_deref().map(str::as_bytes) != Some(topic) {
             return;
         }
-        let Some(seq) = std::str::from_utf8(&publish.payload)
+        let Some(seq) = std::str::from_utf8(payload)
             .ok()
             .and_then(|text| text.trim().parse::<u64>().ok())
         else {
-            tracing::warn!(payload = ?publish.payload, "ignored a receipt that is not a sequence number");
+            tracing::warn!(payload = ?String::from_utf8_lossy(payload), "ignored a receipt that is not a sequence number");
             return;
         };
         match self.receipt_wait.receipt(seq, Instant::now()) {
@@ -525,8 +517,8 @@ impl Publisher {
         metrics::counter!("tracker_edge_broker_reconnects_total").increment(1);
         let delay = self.retry_delays.next().unwrap_or(Duration::from_secs(5));
         let resend = self.submitted.len() + self.in_flight.len();
-        let broker = broker_address(self.options.current());
-        let next = broker_address(self.options.advance());
+        let broker = self.options.current().address();
+        let next = self.options.advance().address();
         tracing::warn!(batches_to_resend = resend, %broker, %next, retry_in = ?delay, "broker connection lost: {why}");
         let mut unacked: Vec<Batch> = self
             .submitted
@@ -586,10 +578,6 @@ impl Publisher {
             connection.close(Duration::from_secs(2)).await;
         }
     }
-}
-
-fn broker_address(options: &MqttOptions) -> String {
-    common::in_turn::address(options.broker_address())
 }
 
 async fn next_event(connection: &mut Option<Connection>) -> Option<LinkEvent> {

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use common::configuration::{MqttSettings, SettingsError, Sources};
+use common::mqtt_protocol::MqttProtocol;
 use common::telemetry::LogSettings;
 use serde::Deserialize;
 
@@ -84,6 +85,12 @@ impl Settings {
 
     pub fn validate(&self) -> Result<(), SettingsError> {
         self.mqtt.validate()?;
+        if self.mqtt.protocol == Some(MqttProtocol::V5) {
+            return Err(SettingsError::invalid(
+                "mqtt.protocol",
+                "the sink speaks MQTT 3.1.1 only: leave it unset or set 3.1.1",
+            ));
+        }
         if self.storage.path.as_os_str().is_empty() {
             return Err(SettingsError::invalid("storage.path", "must not be empty"));
         }
@@ -203,6 +210,8 @@ mod tests {
                 "storage.rejected_path",
             ),
             ("TRACKER__MQTT__TOPIC", "a/+/b", "mqtt.topic"),
+            ("TRACKER__MQTT__PROTOCOL", "5", "mqtt.protocol"),
+            ("TRACKER__MQTT__PROTOCOL", "4", "mqtt.protocol"),
             ("TRACKER__LOG__FORMAT", "xml", "log.format"),
             ("TRACKER__ADMIN__LISTEN", "nowhere", "admin.listen"),
             (
