@@ -94,6 +94,7 @@ pub async fn drive(
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
                 if !ack.return_codes.contains(&SubscribeReasonCode::Failure) {
+                    tracing::info!(%filter, "subscribed: the broker keeps visits for this session from now on");
                     health.subscribed.store(true, Ordering::Relaxed);
                     retry_delays = common::backoff::retry_delays();
                     continue;
