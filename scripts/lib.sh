@@ -30,6 +30,18 @@ ensure_iproute2() {
   command -v ip >/dev/null || install_packages iproute2
 }
 
+# The cluster tests start RabbitMQ nodes of their own (Debian's 3.10.8, the MQTT plugin is bundled);
+# the package's own service, if the install started one, is stopped so that it holds no port.
+ensure_rabbitmq() {
+  command -v rabbitmq-server >/dev/null && return
+  install_packages rabbitmq-server
+  local sudo=()
+  [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+  "${sudo[@]}" service rabbitmq-server stop >/dev/null 2>&1 || true
+  # Stopping runs Erlang, which leaves an epmd daemon behind on the default port; no node uses it now.
+  epmd -names 2>/dev/null | grep -q '^name ' || epmd -kill >/dev/null 2>&1 || true
+}
+
 install_packages() {
   [ $# -eq 0 ] && return
   local sudo=()

@@ -1,6 +1,7 @@
 //! The integration test harness: a real `mosquitto` started on a free port with the project's own
 //! `mosquitto/mosquitto.conf` (so tests can stop, kill and restart it); edges and sinks run either in
-//! process through their libraries' `run`, or as real processes for fault tests; test traffic with a
+//! process through their libraries' `run`, or as real processes for fault tests; a real three-node
+//! RabbitMQ cluster for the tests of that broker; test traffic with a
 //! marker per visit, and the log read back.
 
 mod broker;
@@ -10,6 +11,7 @@ mod link;
 mod load;
 pub mod mqtt;
 mod process;
+mod rabbitmq;
 mod services;
 pub mod visits_log;
 
@@ -18,7 +20,8 @@ pub use curl::{https_get, Fetched};
 pub use haproxy::{Balancing, Haproxy};
 pub use link::{Impairment, Link};
 pub use load::{client, Load, LoadReport};
-pub use process::Service;
+pub use process::{BrokerAccess, Service};
+pub use rabbitmq::{Cluster, ClusterAccess};
 pub use services::{
     collect_lines, read_lines, settled_lines, spawn_edge, spawn_edge_with, spawn_sink,
     wait_for_lines, TestEdge, TestSink, EDGE_USER,

@@ -15,6 +15,26 @@ use crate::broker::free_port;
 use crate::services::EDGE_USER;
 use crate::Broker;
 
+/// What a service needs to reach a broker (or the nodes of a cluster) as `user`: its `TRACKER__MQTT__*`
+/// settings.
+pub trait BrokerAccess {
+    fn mqtt_env(&self, user: &str) -> Vec<(String, String)>;
+}
+
+impl BrokerAccess for Broker {
+    fn mqtt_env(&self, user: &str) -> Vec<(String, String)> {
+        vec![
+            ("TRACKER__MQTT__HOST".into(), "127.0.0.1".into()),
+            ("TRACKER__MQTT__PORT".into(), self.port().to_string()),
+            ("TRACKER__MQTT__USERNAME".into(), user.into()),
+            (
+                "TRACKER__MQTT__PASSWORD_FILE".into(),
+                self.password_file(user).display().to_string(),
+            ),
+        ]
+    }
+}
+
 pub struct Service {
     binary: PathBuf,
     env: Vec<(String, String)>,
@@ -30,7 +50,7 @@ pub struct Service {
 
 impl Service {
     /// A pixel edge with id `edge/{id}`, on a free port kept across restarts; `extra` adds or overrides settings.
-    pub fn edge(broker: &Broker, id: &str, dir: &Path, extra: &[(&str, &str)]) -> Self {
+    pub fn edge(broker: &impl BrokerAccess, id: &str, dir: &Path, extra: &[(&str, &str)]) -> Self {
         let port = free_port();
         let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
@@ -83,7 +103,7 @@ impl Service {
     }
 
     /// The store sink writing `dir/visits.log`; `extra` adds or overrides settings.
-    pub fn sink(broker: &Broker, dir: &Path, extra: &[(&str, &str)]) -> Self {
+    pub fn sink(broker: &impl BrokerAccess, dir: &Path, extra: &[(&str, &str)]) -> Self {
         let mut env = base_env(broker, "store-sink");
         env.push(("TRACKER__ADMIN__LISTEN".into(), "127.0.0.1:0".into()));
         env.push((
@@ -206,6 +226,34 @@ impl Service {
         }
     }
 
+    /// Waits until an edge's broker has acknowledged `count` visits (`tracker_edge_visits_acknowledged_total`,
+    /// which counts again what is sent again); panics after `patience` (a deadline, not a timing assertion).
+    pub async fn wait_until_acknowledged(&self, count: usize, patience: Duration) {
+        let deadline = Instant::now() + patience;
+        loop {
+            let metrics = crate::client()
+                .get(self.metrics_url())
+                .send()
+                .await
+                .expect("the edge's metrics")
+                .text()
+                .await
+                .unwrap();
+            let acked = metrics
+                .lines()
+                .find_map(|line| line.strip_prefix("tracker_edge_visits_acknowledged_total "))
+                .map_or(0.0, |value| value.trim().parse::<f64>().unwrap());
+            if acked as usize >= count {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{acked} of {count} visits acknowledged"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// SIGKILL, and waits for the exit.
     pub fn kill(&mut self) {
         self.signal(Signal::SIGKILL);
@@ -252,7 +300,7 @@ fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 /// An edge's settings: id `edge/{id}`, plain HTTP on `listen`, admin routes on `admin`, a spool in
 /// `dir`, then `extra`.
 fn edge_env(
-    broker: &Broker,
+    broker: &impl BrokerAccess,
     id: &str,
     dir: &Path,
     listen: SocketAddr,
@@ -275,17 +323,10 @@ fn edge_env(
     env
 }
 
-fn base_env(broker: &Broker, user: &str) -> Vec<(String, String)> {
-    vec![
-        ("TRACKER__MQTT__HOST".into(), "127.0.0.1".into()),
-        ("TRACKER__MQTT__PORT".into(), broker.port().to_string()),
-        ("TRACKER__MQTT__USERNAME".into(), user.into()),
-        (
-            "TRACKER__MQTT__PASSWORD_FILE".into(),
-            broker.password_file(user).display().to_string(),
-        ),
-        ("RUST_LOG".into(), "info".into()),
-    ]
+fn base_env(broker: &impl BrokerAccess, user: &str) -> Vec<(String, String)> {
+    let mut env = broker.mqtt_env(user);
+    env.push(("RUST_LOG".into(), "info".into()));
+    env
 }
 
 /// The binaries sit beside the test executable's `deps/` directory.
