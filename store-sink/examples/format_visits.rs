@@ -8,7 +8,9 @@
 //! valgrind --tool=callgrind --collect-atstart=no \
 //!   --toggle-collect=store_sink::storage::Storage::add_message target/release/examples/format_visits
 //! ```
-//! `I refs` divided by 100,000 is the count per visit (`bench/RESULTS.md`).
+//! `I refs` divided by 100,000 is the count per visit (`bench/RESULTS.md`). With `SEQ=1` the events
+//! carry an edge's sequence numbers, in order, each message's first one its `seq_floor`, as a
+//! spooling edge sends them.
 
 use chrono::Utc;
 use common::{wire, HeaderText, Visit};
@@ -27,7 +29,10 @@ fn main() -> anyhow::Result<()> {
         ..StorageSettings::default()
     };
     let mut storage = Storage::open(&settings)?;
-    let messages: Vec<Vec<u8>> = (0..MESSAGES).map(|_| message()).collect();
+    let numbered = std::env::var("SEQ").is_ok_and(|value| value == "1");
+    let messages: Vec<Vec<u8>> = (0..MESSAGES)
+        .map(|n| message(numbered.then_some((n * VISITS_PER_MESSAGE) as u64 + 1)))
+        .collect();
     let mut written = 0;
     for batch in messages.chunks(MESSAGES_PER_FLUSH) {
         for payload in batch {
@@ -41,9 +46,10 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn message() -> Vec<u8> {
+/// A message of visits, numbered from `first_seq` when given.
+fn message(first_seq: Option<u64>) -> Vec<u8> {
     let mut payload = Vec::new();
-    for _ in 0..VISITS_PER_MESSAGE {
+    for n in 0..VISITS_PER_MESSAGE {
         let visit = Visit::new(
             Utc::now(),
             HeaderText::new("https://blog.example/articles/hello.html"),
@@ -51,7 +57,15 @@ fn message() -> Vec<u8> {
             "127.0.0.1".parse().expect("a valid address"),
             "edge/bench",
         );
-        wire::encode_event(&visit, &mut payload);
+        let mut line = Vec::new();
+        wire::encode_event(&visit, &mut line);
+        match first_seq {
+            Some(first) => {
+                let floor = (n == 0).then_some(first);
+                wire::append_with_seq(&line, first + n as u64, floor, &mut payload);
+            }
+            None => payload.extend_from_slice(&line),
+        }
     }
     payload
 }
