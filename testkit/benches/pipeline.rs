@@ -9,9 +9,6 @@
 //! (default 1000000), `VISITS_PER_MESSAGE` (40, what a busy edge sends), `CRASH_BACKLOG` (100000) and
 //! `SAMPLES` (500) vary it.
 
-use std::fs::File;
-use std::io::Read;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::visit::{HeaderText, Visit};
@@ -19,6 +16,7 @@ use reqwest::header::{REFERER, USER_AGENT};
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use testkit::visits_log::LineCounter;
 use testkit::{spawn_edge, spawn_sink, Broker, Load, TestSink, EDGE_USER};
 
 const UA: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0 Safari/537.36";
@@ -205,50 +203,4 @@ async fn wait_until_ready(sink: &TestSink) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("the sink never became ready");
-}
-
-/// Counts the lines of a growing file, reading only what was appended since the last look.
-struct LineCounter {
-    path: PathBuf,
-    file: Option<File>,
-    lines: usize,
-    buffer: Vec<u8>,
-}
-
-impl LineCounter {
-    fn new(path: PathBuf) -> Self {
-        Self {
-            path,
-            file: None,
-            lines: 0,
-            buffer: vec![0; 1 << 20],
-        }
-    }
-
-    /// Waits (checking every 50 µs, with this worker thread handed over to blocking) until the file
-    /// has `count` lines or `patience` is over; returns the lines seen.
-    fn wait_for(&mut self, count: usize, patience: Duration) -> usize {
-        tokio::task::block_in_place(|| {
-            let deadline = Instant::now() + patience;
-            while self.count() < count && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_micros(50));
-            }
-            self.lines
-        })
-    }
-
-    fn count(&mut self) -> usize {
-        if self.file.is_none() {
-            self.file = File::open(&self.path).ok();
-        }
-        if let Some(file) = &mut self.file {
-            while let Ok(read) = file.read(&mut self.buffer) {
-                if read == 0 {
-                    break;
-                }
-                self.lines += self.buffer[..read].iter().filter(|&&b| b == b'\n').count();
-            }
-        }
-        self.lines
-    }
 }

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use nix::sched::{setns, CloneFlags};
 use rand::Rng;
 use tokio::sync::oneshot;
 use tokio::time::{sleep_until, Instant};
@@ -160,6 +161,34 @@ impl Link {
         self.conditions
             .partitioned
             .store(partitioned, Ordering::Relaxed);
+    }
+
+    /// Sets a sysctl of the far site's own network stack (e.g. `net.ipv4.tcp_wmem`).
+    pub fn sysctl(&self, key: &str, value: &str) {
+        let setting = format!("{key}={value}");
+        ip(&[
+            "netns",
+            "exec",
+            &self.namespace,
+            "sysctl",
+            "-q",
+            "-w",
+            &setting,
+        ]);
+    }
+
+    /// Runs `work` on a thread of its own inside the far site's namespace: the sockets it opens
+    /// are the far site's, and reach the host over the link.
+    pub fn in_far_site<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> JoinHandle<T> {
+        let netns = std::fs::File::open(format!("/run/netns/{}", self.namespace))
+            .expect("the far site's namespace");
+        std::thread::spawn(move || {
+            setns(&netns, CloneFlags::CLONE_NEWNET).expect("entering the far site's namespace");
+            work()
+        })
     }
 }
 

@@ -259,6 +259,18 @@ impl Service {
         self.signal(Signal::SIGKILL);
     }
 
+    /// The most memory the running process has had resident (VmHWM), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let child = self.child.as_ref().expect("the service is running");
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+        let kib = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|value| value.trim().trim_end_matches(" kB").parse::<u64>().ok())
+            .expect("VmHWM in /proc/PID/status");
+        kib * 1024
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -1,7 +1,11 @@
 //! Reading the visits log back in tests: fields unescaped, and visits counted by their marker (the
-//! user-agent each test request carries).
+//! user-agent each test request carries), and the lines of a growing log counted as they come.
 
 use std::collections::HashMap;
+use std::fs::File;
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use common::line::{split_fields, unescape_field};
@@ -61,4 +65,51 @@ pub fn assert_exactly_once(lines: &[String], answered: &[String], context: &str)
         answered.len(),
         &lost[..lost.len().min(5)]
     );
+}
+
+/// Counts the lines of a growing file, reading only what was appended since the last look.
+pub struct LineCounter {
+    path: PathBuf,
+    file: Option<File>,
+    lines: usize,
+    buffer: Vec<u8>,
+}
+
+impl LineCounter {
+    pub fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            file: None,
+            lines: 0,
+            buffer: vec![0; 1 << 20],
+        }
+    }
+
+    /// Waits (checking every 50 µs, with this worker thread handed over to blocking) until the file
+    /// has `count` lines or `patience` is over; returns the lines seen.
+    pub fn wait_for(&mut self, count: usize, patience: Duration) -> usize {
+        tokio::task::block_in_place(|| {
+            let deadline = Instant::now() + patience;
+            while self.count() < count && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_micros(50));
+            }
+            self.lines
+        })
+    }
+
+    /// The lines the file has now.
+    pub fn count(&mut self) -> usize {
+        if self.file.is_none() {
+            self.file = File::open(&self.path).ok();
+        }
+        if let Some(file) = &mut self.file {
+            while let Ok(read) = file.read(&mut self.buffer) {
+                if read == 0 {
+                    break;
+                }
+                self.lines += self.buffer[..read].iter().filter(|&&b| b == b'\n').count();
+            }
+        }
+        self.lines
+    }
 }
