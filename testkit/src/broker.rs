@@ -6,6 +6,7 @@
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use common::configuration::MqttSettings;
@@ -281,13 +282,21 @@ impl Drop for Broker {
     }
 }
 
-/// A TCP port nothing listens on right now.
+/// A TCP port nothing listens on right now, taken below Linux's ephemeral range (32768 and up), where
+/// `bind(0)` and outgoing connections never land: a broker stopped for an outage gets its port back,
+/// instead of finding it taken by a parallel test meanwhile.
 pub fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    const FIRST: u32 = 10_000;
+    const COUNT: u32 = 22_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Each test process starts at its own offset, so processes run side by side rarely probe the same ports.
+    let start = std::process::id() % 1_000 * 22;
+    loop {
+        let port = (FIRST + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % COUNT) as u16;
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Where Debian's package `mosquitto` put its dynamic-security plugin (a directory per architecture).
