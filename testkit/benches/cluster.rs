@@ -10,9 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use testkit::{
-    client, collect_lines, wait_for_lines, Broker, BrokerAccess, Cluster, Load, Service,
-};
+use testkit::{client, wait_for_lines, Broker, BrokerAccess, Cluster, Load, Service};
 
 const PATIENCE: Duration = Duration::from_secs(600);
 
@@ -71,7 +69,7 @@ async fn run(name: &str, broker: &impl BrokerAccess, visits: usize, backlog: usi
         .await;
     let started = Instant::now();
     sink.start();
-    let lines = collect_lines(&log, visits + backlog).await.len();
+    let lines = wait_for_lines(&log, visits + backlog, PATIENCE).await.len();
     let drained = started.elapsed();
     assert_eq!(
         lines,
