@@ -1,5 +1,5 @@
-//! Micro-benchmarks of the pure functions every visit goes through: the edge encodes the event, the
-//! sink decodes it and writes the log line (escaping the header values). `cargo bench -p common`;
+//! Micro-benchmarks of the pure functions every visit goes through: the edge encodes the event and
+//! numbers it into its spool, the sink decodes it and writes the log line (escaping the header values). `cargo bench -p common`;
 //! figures in bench/RESULTS.md.
 
 use std::hint::black_box;
@@ -7,7 +7,7 @@ use std::hint::black_box;
 use chrono::TimeZone;
 use common::line::{escape_into, write_line};
 use common::visit::{HeaderText, Visit};
-use common::wire::{decode_event, encode_event};
+use common::wire::{append_numbered, decode_event, encode_event};
 use criterion::{criterion_group, criterion_main, Criterion};
 
 const UA: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0 Safari/537.36";
@@ -60,6 +60,17 @@ fn hot_paths(c: &mut Criterion) {
     c.bench_function("decode_event (typical visit)", |b| {
         b.iter(|| decode_event(black_box(&event[..event.len() - 1])).unwrap())
     });
+    let batch = event.repeat(40);
+    let mut numbered = Vec::with_capacity(batch.len() * 2);
+    c.bench_function(
+        "append_numbered (40 typical visits, as the edge spools them)",
+        |b| {
+            b.iter(|| {
+                numbered.clear();
+                append_numbered(black_box(&batch), 1_000_000, 999_990, &mut numbered)
+            })
+        },
+    );
 }
 
 criterion_group!(benches, hot_paths);

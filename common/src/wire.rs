@@ -83,6 +83,17 @@ pub fn append_with_seq(line: &[u8], seq: u64, floor: Option<u64>, out: &mut Vec<
     out.extend_from_slice(b"}\n");
 }
 
+/// Appends the events of `lines` (a batch of them, one per line) to `out` numbered from `first` on,
+/// the first also carrying `"seq_floor":floor` (as an edge spools them); returns how many there were.
+pub fn append_numbered(lines: &[u8], first: u64, floor: u64, out: &mut Vec<u8>) -> u64 {
+    let mut seq = first;
+    for line in self::lines(lines) {
+        append_with_seq(line, seq, (seq == first).then_some(floor), out);
+        seq += 1;
+    }
+    seq - first
+}
+
 /// The sequence number [`append_with_seq`] gave the event `line`, read from its end without parsing it.
 pub fn trailing_seq(line: &[u8]) -> Option<u64> {
     let inner = line.trim_ascii_end().strip_suffix(b"}")?;
@@ -114,14 +125,21 @@ pub struct Event {
 /// Splits a message into its event lines (blank lines are skipped) and decodes each one on its own,
 /// so one bad line does not cost the good ones.
 pub fn decode_message(payload: &[u8]) -> impl Iterator<Item = (&[u8], Result<Event, EventError>)> {
-    let ends = memchr::memchr_iter(b'\n', payload).chain([payload.len()]);
+    lines(payload)
+        .filter(|line| !line.trim_ascii().is_empty())
+        .map(|line| (line, decode_event(line)))
+}
+
+/// The lines of an NDJSON payload, without their newline (found with `memchr`, many bytes at a
+/// time); a last line without a newline is one too, nothing after a final newline is.
+pub fn lines(payload: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let unterminated = !payload.is_empty() && !payload.ends_with(b"\n");
+    let ends = memchr::memchr_iter(b'\n', payload).chain(unterminated.then_some(payload.len()));
     ends.scan(0, |start, end| {
         let line = &payload[*start..end];
         *start = end + 1;
         Some(line)
     })
-    .filter(|line| !line.trim_ascii().is_empty())
-    .map(|line| (line, decode_event(line)))
 }
 
 /// Decodes one JSON event; the visit's IP is canonical (IPv4-mapped IPv6 becomes IPv4).
@@ -293,6 +311,31 @@ mod tests {
         assert_eq!(json["user_agent"]["b64"], BASE64.encode(ua));
         let decoded = decode_event(&line).unwrap().visit;
         assert_eq!(decoded.user_agent.unwrap().as_bytes(), ua);
+    }
+
+    #[test]
+    fn a_batch_is_numbered_in_order_with_the_floor_on_its_first_event() {
+        let mut out = Vec::new();
+        assert_eq!(
+            append_numbered(b"{\"v\":1}\n{\"v\":1}\n", 5, 3, &mut out),
+            2
+        );
+        assert_eq!(
+            out,
+            b"{\"v\":1,\"seq_floor\":3,\"seq\":5}\n{\"v\":1,\"seq\":6}\n"
+        );
+        assert_eq!(append_numbered(b"", 7, 3, &mut out), 0);
+    }
+
+    #[test]
+    fn lines_are_split_at_newlines_and_a_last_one_may_lack_it() {
+        fn split(payload: &[u8]) -> Vec<&[u8]> {
+            lines(payload).collect()
+        }
+        assert_eq!(split(b"a\n\nb\n"), [&b"a"[..], b"", b"b"]);
+        assert_eq!(split(b"a\nb"), [&b"a"[..], b"b"]);
+        assert!(split(b"").is_empty());
+        assert_eq!(split(b"\n"), [&b""[..]]);
     }
 
     #[test]

@@ -155,16 +155,12 @@ impl Spool {
             self.start_segment()?;
         }
         let mut out = Vec::with_capacity(lines.len() + lines.len() / 8);
-        let mut seq = self.next_seq;
-        let mut floor = Some(self.floor());
-        for line in lines.split_inclusive(|&b| b == b'\n') {
-            wire::append_with_seq(line, seq, floor.take(), &mut out);
-            seq += 1;
-        }
-        let events = (seq - self.next_seq) as usize;
+        let events = wire::append_numbered(lines, self.next_seq, self.floor(), &mut out);
         if events == 0 {
             return Ok(());
         }
+        let seq = self.next_seq + events;
+        let events = events as usize;
         let result = self
             .active
             .write_all(&out)
