@@ -2,6 +2,7 @@
 //! [`common::configuration`].
 
 use std::net::SocketAddr;
+use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -51,15 +52,23 @@ pub struct HttpSettings {
     /// Where the pixel is served, e.g. `0.0.0.0:8080` or `[::]:8080`.
     pub listen: SocketAddr,
     /// Open connections at most; more wait in the listen backlog.
-    pub max_connections: usize,
+    pub max_connections: NonZeroUsize,
     /// The request line and headers together, in bytes; a bigger head is answered 431.
     pub max_header_bytes: usize,
     /// The request URI, in bytes; a longer one is answered 414.
     pub max_uri_bytes: usize,
-    /// A connection that has not sent a whole request head in this time is closed.
-    pub header_read_timeout_secs: u64,
+    /// A connection that has not sent a whole request head in this time is closed; for HTTP/1 this
+    /// also bounds the wait for the next request on a keep-alive connection (hyper times it so).
+    pub header_read_timeout_secs: NonZeroU64,
+    /// A connection with no request in progress for this long is closed (HTTP/1 keep-alive, HTTP/2
+    /// with no open stream), so idle connections cannot hold `http.max_connections`.
+    pub idle_timeout_secs: NonZeroU64,
+    /// HTTP/2 (over TLS): a PING goes out after this long without a frame from the client...
+    pub http2_keep_alive_interval_secs: NonZeroU64,
+    /// ...and the connection is closed when its answer takes longer than this.
+    pub http2_keep_alive_timeout_secs: NonZeroU64,
     /// Runtime worker threads (HTTP and publishing); unset, one per CPU.
-    pub workers: Option<usize>,
+    pub workers: Option<NonZeroUsize>,
     /// Every connection on the pixel listeners opens with a PROXY protocol header (v1 or v2, sent
     /// by an L4 balancer), whose source is the client; a connection without a valid one is refused.
     pub proxy_protocol: bool,
@@ -76,10 +85,13 @@ impl Default for HttpSettings {
         Self {
             enabled: true,
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
-            max_connections: 10_000,
+            max_connections: NonZeroUsize::new(10_000).unwrap(),
             max_header_bytes: 16 * 1024,
             max_uri_bytes: 8 * 1024,
-            header_read_timeout_secs: 10,
+            header_read_timeout_secs: NonZeroU64::new(10).unwrap(),
+            idle_timeout_secs: NonZeroU64::new(30).unwrap(),
+            http2_keep_alive_interval_secs: NonZeroU64::new(20).unwrap(),
+            http2_keep_alive_timeout_secs: NonZeroU64::new(10).unwrap(),
             workers: None,
             proxy_protocol: false,
             trusted_proxies: Vec::new(),
@@ -99,7 +111,7 @@ pub struct HttpsSettings {
     /// The PEM private key of the leaf certificate.
     pub key_file: Option<PathBuf>,
     /// How often the two files are checked for a renewed certificate; SIGHUP reloads at once.
-    pub reload_check_secs: u64,
+    pub reload_check_secs: NonZeroU64,
 }
 
 impl Default for HttpsSettings {
@@ -108,7 +120,7 @@ impl Default for HttpsSettings {
             listen: None,
             cert_file: None,
             key_file: None,
-            reload_check_secs: 30,
+            reload_check_secs: NonZeroU64::new(30).unwrap(),
         }
     }
 }
@@ -121,7 +133,7 @@ pub struct EdgeSettings {
     /// broker's ACL lets a user publish only to `{mqtt.topic}/{user}` and below.
     pub id: String,
     /// Visits held in memory while the broker is slow or away; past it a visit is dropped and counted.
-    pub queue_capacity: usize,
+    pub queue_capacity: NonZeroUsize,
     /// The same queue's bound in bytes of encoded visits (long headers make a visit ~16 KB).
     pub queue_max_bytes: usize,
     /// On shutdown, how long the edge keeps trying to deliver what it holds before it gives up.
@@ -139,7 +151,7 @@ pub struct EdgeSettings {
     /// The spool's bound; once it is full, new visits wait in the queue, then are dropped and counted.
     pub spool_max_bytes: u64,
     /// Referrer and user-agent are cut to this many bytes before they are queued.
-    pub max_field_bytes: usize,
+    pub max_field_bytes: NonZeroUsize,
     /// Published batches (256 KiB each at most) waiting for their PUBACK, in bytes at most: the
     /// window grows to it only while full batches come back acknowledged (a long or lossy link).
     pub max_in_flight_bytes: usize,
@@ -150,7 +162,7 @@ impl Default for EdgeSettings {
         Self {
             // Empty: derived in `Settings::load`, once the user name is known.
             id: String::new(),
-            queue_capacity: 100_000,
+            queue_capacity: NonZeroUsize::new(100_000).unwrap(),
             queue_max_bytes: 64 * 1024 * 1024,
             drain_timeout_secs: 10,
             spool_dir: None,
@@ -159,7 +171,7 @@ impl Default for EdgeSettings {
             // over 100 ms); 30 s leaves room for a slow disk before visits are sent again.
             receipt_timeout_secs: 30,
             spool_max_bytes: 256 * 1024 * 1024,
-            max_field_bytes: 4096,
+            max_field_bytes: NonZeroUsize::new(4096).unwrap(),
             max_in_flight_bytes: 8 * 1024 * 1024,
         }
     }
@@ -304,12 +316,6 @@ impl Settings {
             ));
         }
         let http = &self.http;
-        if http.max_connections == 0 {
-            return Err(SettingsError::invalid(
-                "http.max_connections",
-                "must be at least 1",
-            ));
-        }
         // hyper refuses a read buffer below 8 KiB.
         if http.max_header_bytes < 8192 {
             return Err(SettingsError::invalid(
@@ -323,15 +329,6 @@ impl Settings {
                 "must be between 1 and http.max_header_bytes",
             ));
         }
-        if http.workers == Some(0) {
-            return Err(SettingsError::invalid("http.workers", "must be at least 1"));
-        }
-        if http.header_read_timeout_secs == 0 {
-            return Err(SettingsError::invalid(
-                "http.header_read_timeout_secs",
-                "must be at least 1",
-            ));
-        }
         self.validate_https()?;
         if self.edge.max_in_flight_bytes < 2 * crate::batch::MAX_BATCH_BYTES {
             return Err(SettingsError::invalid(
@@ -339,22 +336,10 @@ impl Settings {
                 "must be at least 524288 (two batches)",
             ));
         }
-        if self.edge.max_field_bytes == 0 {
-            return Err(SettingsError::invalid(
-                "edge.max_field_bytes",
-                "must be at least 1",
-            ));
-        }
         if self.edge.queue_max_bytes < 1024 * 1024 {
             return Err(SettingsError::invalid(
                 "edge.queue_max_bytes",
                 "must be at least 1 MiB (1048576)",
-            ));
-        }
-        if self.edge.queue_capacity == 0 {
-            return Err(SettingsError::invalid(
-                "edge.queue_capacity",
-                "must be at least 1",
             ));
         }
         self.privacy.validate()
@@ -370,12 +355,6 @@ impl Settings {
                 ));
             }
             return Ok(());
-        }
-        if https.reload_check_secs == 0 {
-            return Err(SettingsError::invalid(
-                "https.reload_check_secs",
-                "must be at least 1",
-            ));
         }
         // Loading them once here makes a wrong path or a key that does not match stop start-up.
         crate::https::Certificate::load(&self.https)?;
@@ -456,7 +435,7 @@ impl PrivacySettings {
 
 impl HttpsSettings {
     pub fn reload_check(&self) -> Duration {
-        Duration::from_secs(self.reload_check_secs)
+        Duration::from_secs(self.reload_check_secs.get())
     }
 }
 
@@ -606,6 +585,27 @@ mod tests {
             ),
             ("TRACKER__HTTP__WORKERS", "0", "http.workers"),
             (
+                "TRACKER__HTTP__IDLE_TIMEOUT_SECS",
+                "0",
+                "http.idle_timeout_secs",
+            ),
+            (
+                "TRACKER__HTTP__HTTP2_KEEP_ALIVE_INTERVAL_SECS",
+                "0",
+                "http.http2_keep_alive_interval_secs",
+            ),
+            (
+                "TRACKER__HTTP__HTTP2_KEEP_ALIVE_TIMEOUT_SECS",
+                "0",
+                "http.http2_keep_alive_timeout_secs",
+            ),
+            (
+                "TRACKER__HTTPS__RELOAD_CHECK_SECS",
+                "0",
+                "https.reload_check_secs",
+            ),
+            ("TRACKER__EDGE__QUEUE_CAPACITY", "0", "edge.queue_capacity"),
+            (
                 "TRACKER__EDGE__MAX_FIELD_BYTES",
                 "0",
                 "edge.max_field_bytes",
@@ -714,6 +714,6 @@ mod tests {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("appsettings.json");
         let settings = Settings::load(Sources::with_env(Some(path), &[])).unwrap();
         assert_eq!(settings.mqtt.topic, "tracker/visits");
-        assert_eq!(settings.edge.queue_capacity, 100_000);
+        assert_eq!(settings.edge.queue_capacity.get(), 100_000);
     }
 }

@@ -8,6 +8,7 @@ mod connection;
 mod flight_window;
 mod forwarded;
 pub mod https;
+mod idle;
 pub mod privacy;
 mod proxy_protocol;
 mod publisher;
@@ -108,8 +109,10 @@ pub async fn run(
             None
         }
     };
-    let (queue, queue_rx) =
-        queue::channel(settings.edge.queue_capacity, settings.edge.queue_max_bytes);
+    let (queue, queue_rx) = queue::channel(
+        settings.edge.queue_capacity.get(),
+        settings.edge.queue_max_bytes,
+    );
     let broker_connected = Arc::new(AtomicBool::new(false));
     let stop_publishing = CancellationToken::new();
     let publisher = Publisher::new(&settings, queue_rx, spool, broker_connected.clone())?;
@@ -121,7 +124,7 @@ pub async fn run(
     let tracker = Arc::new(Tracker {
         queue,
         edge_id: settings.edge.id.clone(),
-        max_field_bytes: settings.edge.max_field_bytes,
+        max_field_bytes: settings.edge.max_field_bytes.get(),
         trusted_proxies: settings.http.trusted_proxies(),
         privacy,
         broker_connected,

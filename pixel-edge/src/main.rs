@@ -20,7 +20,7 @@ fn main() -> anyhow::Result<()> {
     tracing::info!(config = ?settings, "effective configuration (secrets masked)");
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(workers) = settings.http.workers {
-        runtime.worker_threads(workers);
+        runtime.worker_threads(workers.get());
     }
     runtime.enable_all().build()?.block_on(async {
         let listeners = Listeners::bind(&settings).await?;

@@ -1,13 +1,15 @@
 //! The edge's HTTP server: plain HTTP/1 and, over TLS, HTTP/2 or HTTP/1.1 (hyper), with the limits a
 //! service facing browsers directly needs — a cap on open connections (both listeners together), on the
-//! request head's size (answered 431 by hyper) and on the URI's (414), and a timeout for the TLS
-//! handshake and for reading the head — plus graceful shutdown. With `http.proxy_protocol`, each
+//! request head's size (answered 431 by hyper) and on the URI's (414), a timeout for the TLS
+//! handshake and for reading the head, an idle timeout (so idle keep-alive connections cannot hold the
+//! cap) and HTTP/2 keep-alive pings — plus graceful shutdown. With `http.proxy_protocol`, each
 //! connection's PROXY header is read first (before TLS). Requests go to the warp routes with the
 //! client address attached as a [`Peer`] extension.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,18 +17,19 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 use warp::filters::BoxedFilter;
 use warp::http::{Request, StatusCode};
 use warp::reply::{Reply, Response};
 
 use crate::configuration::HttpSettings;
+use crate::idle::Activity;
 use crate::proxy_protocol;
 
 /// How long open connections may take to finish after shutdown is asked for.
@@ -45,10 +48,14 @@ struct Server {
     negotiated: auto::Builder<TokioExecutor>,
     /// One per open connection; at the cap, new connections wait in the kernel's backlog.
     permits: Arc<Semaphore>,
-    graceful: GracefulShutdown,
+    max_connections: usize,
+    /// Cancelled at shutdown: every connection then finishes its requests and closes.
+    closing: CancellationToken,
     max_uri_bytes: usize,
     /// For the PROXY header, the TLS handshake and (by hyper) the request head, each.
     handshake_timeout: Duration,
+    /// A connection without a request in progress for this long is closed.
+    idle_timeout: Duration,
     /// Whether every connection opens with a PROXY protocol header.
     proxy_protocol: bool,
 }
@@ -63,25 +70,38 @@ pub async fn serve(
     http: &HttpSettings,
     shutdown: impl Future<Output = ()>,
 ) {
-    let head_timeout = Duration::from_secs(http.header_read_timeout_secs);
+    let head_timeout = Duration::from_secs(http.header_read_timeout_secs.get());
     let mut negotiated = auto::Builder::new(TokioExecutor::new());
+    // hyper starts the head timeout as soon as an HTTP/1 connection waits for its next request, so
+    // an idle keep-alive connection is closed after the shorter of it and `http.idle_timeout_secs`.
     negotiated
         .http1()
         .timer(TokioTimer::new())
+        .keep_alive(true)
         .header_read_timeout(head_timeout)
         .max_buf_size(http.max_header_bytes);
+    // Pings find a peer that vanished (its streams are then reset); the idle timer below closes a
+    // live peer's connection that carries no request.
     negotiated
         .http2()
         .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(
+            http.http2_keep_alive_interval_secs.get(),
+        ))
+        .keep_alive_timeout(Duration::from_secs(
+            http.http2_keep_alive_timeout_secs.get(),
+        ))
         .max_header_list_size(u32::try_from(http.max_header_bytes).unwrap_or(u32::MAX));
     let server = Server {
         routes,
         plain: negotiated.clone().http1_only(),
         negotiated,
-        permits: Arc::new(Semaphore::new(http.max_connections)),
-        graceful: GracefulShutdown::new(),
+        permits: Arc::new(Semaphore::new(http.max_connections.get())),
+        max_connections: http.max_connections.get(),
+        closing: CancellationToken::new(),
         max_uri_bytes: http.max_uri_bytes,
         handshake_timeout: head_timeout,
+        idle_timeout: Duration::from_secs(http.idle_timeout_secs.get()),
         proxy_protocol: http.proxy_protocol,
     };
 
@@ -104,7 +124,10 @@ pub async fn serve(
         } => {}
     }
 
-    if tokio::time::timeout(HTTP_GRACE, server.graceful.shutdown())
+    server.closing.cancel();
+    // Each open connection holds a permit: all of them back means all connections are closed.
+    let all = u32::try_from(server.max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(HTTP_GRACE, server.permits.acquire_many(all))
         .await
         .is_err()
     {
@@ -149,7 +172,8 @@ impl Server {
         tls: Option<TlsAcceptor>,
     ) -> impl Future<Output = ()> + Send + 'static {
         let serving = Serving {
-            watcher: self.graceful.watcher(),
+            closing: self.closing.clone(),
+            idle_timeout: self.idle_timeout,
             routes: self.routes.clone(),
             max_uri_bytes: self.max_uri_bytes,
             builder: match tls {
@@ -196,7 +220,8 @@ fn refused(why: String) -> ConnectionError {
 
 /// One connection's share of the [`Server`], owned by the connection's task.
 struct Serving {
-    watcher: hyper_util::server::graceful::Watcher,
+    closing: CancellationToken,
+    idle_timeout: Duration,
     routes: BoxedFilter<(Response,)>,
     max_uri_bytes: usize,
     builder: auto::Builder<TokioExecutor>,
@@ -211,13 +236,17 @@ impl Serving {
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (routes, max_uri_bytes) = (self.routes, self.max_uri_bytes);
+        let activity = Arc::new(Activity::new());
+        let requests = activity.clone();
         let service = service_fn(move |mut request: Request<Incoming>| {
             let uri_bytes = request
                 .uri()
                 .path_and_query()
                 .map_or(0, |pq| pq.as_str().len());
             let mut routes = warp::service(routes.clone());
+            let in_progress = requests.begin();
             async move {
+                let _in_progress = in_progress;
                 if uri_bytes > max_uri_bytes {
                     return Ok::<_, Infallible>(StatusCode::URI_TOO_LONG.into_response());
                 }
@@ -225,11 +254,16 @@ impl Serving {
                 routes.call(request).await
             }
         });
+        let until = Closing {
+            shutdown: self.closing,
+            idle_timeout: self.idle_timeout,
+            activity,
+        };
         match self.tls {
-            None => serve_io(&self.builder, self.watcher, stream, service).await,
+            None => serve_io(&self.builder, until, stream, service).await,
             Some(acceptor) => {
                 match tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => serve_io(&self.builder, self.watcher, stream, service).await,
+                    Ok(Ok(stream)) => serve_io(&self.builder, until, stream, service).await,
                     Ok(Err(err)) => Err(format!("TLS handshake failed: {err}").into()),
                     Err(_) => Err("TLS handshake timed out".into()),
                 }
@@ -240,9 +274,17 @@ impl Serving {
 
 type ConnectionError = Box<dyn std::error::Error + Send + Sync>;
 
+/// What makes a connection finish its requests and close: the edge shutting down, or no request for
+/// `idle_timeout`.
+struct Closing {
+    shutdown: CancellationToken,
+    idle_timeout: Duration,
+    activity: Arc<Activity>,
+}
+
 async fn serve_io<IO, S>(
     builder: &auto::Builder<TokioExecutor>,
-    watcher: hyper_util::server::graceful::Watcher,
+    until: Closing,
     io: IO,
     service: S,
 ) -> Result<(), ConnectionError>
@@ -253,7 +295,16 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    watcher
-        .watch(builder.serve_connection(TokioIo::new(io), service))
-        .await
+    let mut connection = pin!(builder.serve_connection(TokioIo::new(io), service));
+    tokio::select! {
+        served = connection.as_mut() => return served,
+        _ = until.shutdown.cancelled() => {}
+        _ = until.activity.idle_for(until.idle_timeout) => {
+            metrics::counter!("tracker_edge_idle_connections_closed_total").increment(1);
+        }
+    }
+    // HTTP/1: closed once the response in progress (if any) is out; HTTP/2: GOAWAY, then closed once
+    // its open streams are done.
+    connection.as_mut().graceful_shutdown();
+    connection.await
 }

@@ -1,7 +1,8 @@
 //! The edge's HTTP hardening, health and metrics, against a real broker: limits answered 431/414,
-//! slow clients cut off, the connection cap, `/healthz`, `/readyz`, `/metrics` on the admin listener
-//! and not on the pixel's port.
+//! slow clients cut off, idle HTTP/1 and HTTP/2-over-TLS connections closed, the connection cap,
+//! `/healthz`, `/readyz`, `/metrics` on the admin listener and not on the pixel's port.
 
+use std::num::{NonZeroU64, NonZeroUsize};
 use std::time::{Duration, Instant};
 
 use reqwest::header::USER_AGENT;
@@ -66,7 +67,10 @@ async fn oversized_heads_get_431_and_long_uris_414_and_the_edge_serves_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_client_that_never_finishes_its_headers_is_cut_off() {
     let broker = Broker::start();
-    let edge = edge_without_sink(&broker, |s| s.http.header_read_timeout_secs = 1).await;
+    let edge = edge_without_sink(&broker, |s| {
+        s.http.header_read_timeout_secs = NonZeroU64::MIN
+    })
+    .await;
     let mut slow = TcpStream::connect(edge.addr).await.unwrap();
     slow.write_all(b"GET /track HTTP/1.1\r\nHost: edge\r\nUser-Agent: slo")
         .await
@@ -82,10 +86,93 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
     edge.stop().await;
 }
 
+/// Patience for the edge to close an idle connection: far beyond the 1 s idle timeout, so only an
+/// edge that never closes it fails.
+const CLOSE_PATIENCE: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idle_http1_and_http2_connections_are_closed() {
+    let broker = Broker::start();
+    let secrets = broker.secrets_dir();
+    let edge = edge_without_sink(&broker, |s| {
+        s.http.idle_timeout_secs = NonZeroU64::MIN;
+        // Far longer: what closes the HTTP/1 connection is the idle timeout, not hyper's head timer.
+        s.http.header_read_timeout_secs = NonZeroU64::new(3600).unwrap();
+        s.https.listen = Some("127.0.0.1:0".parse().unwrap());
+        s.https.cert_file = Some(secrets.join("https.crt"));
+        s.https.key_file = Some(secrets.join("https.key"));
+    })
+    .await;
+
+    // HTTP/1.1 keep-alive: one request answered, then nothing sent; the edge must close it.
+    let mut http1 = TcpStream::connect(edge.addr).await.unwrap();
+    http1
+        .write_all(b"GET /track HTTP/1.1\r\nHost: edge\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(CLOSE_PATIENCE, http1.read_to_end(&mut answer))
+        .await
+        .expect("the edge closed the idle HTTP/1 connection")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    assert!(
+        !answer.contains("connection: close"),
+        "kept alive: {answer}"
+    );
+
+    // HTTP/2 over TLS: one request answered, then no stream open; the edge must close it.
+    let https_addr = edge.https_addr.unwrap();
+    let mut tls = common::tls::client_config(Some(&broker.ca_file()), None).unwrap();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = TcpStream::connect(https_addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let connection = tokio::spawn(connection);
+    let request = hyper::Request::get(format!("https://localhost:{}/track", https_addr.port()))
+        .body(String::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.version(), hyper::Version::HTTP_2);
+    drop(response);
+    tokio::time::timeout(CLOSE_PATIENCE, connection)
+        .await
+        .expect("the edge closed the idle HTTP/2 connection")
+        .unwrap()
+        .expect("closed cleanly (GOAWAY), not torn down");
+
+    let metrics = reqwest::get(format!("http://{}/metrics", edge.admin_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("tracker_edge_idle_connections_closed_total 2"),
+        "{metrics}"
+    );
+    edge.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn connections_beyond_the_cap_wait_for_a_free_slot() {
     let broker = Broker::start();
-    let edge = edge_without_sink(&broker, |s| s.http.max_connections = 2).await;
+    let edge = edge_without_sink(&broker, |s| {
+        s.http.max_connections = NonZeroUsize::new(2).unwrap()
+    })
+    .await;
     let idle_a = TcpStream::connect(edge.addr).await.unwrap();
     let idle_b = TcpStream::connect(edge.addr).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -114,7 +201,7 @@ async fn connections_beyond_the_cap_wait_for_a_free_slot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn health_readiness_and_metrics() {
     let mut broker = Broker::start();
-    let edge = edge_without_sink(&broker, |s| s.edge.queue_capacity = 1).await;
+    let edge = edge_without_sink(&broker, |s| s.edge.queue_capacity = NonZeroUsize::MIN).await;
     let base = format!("http://{}", edge.admin_addr);
     let client = reqwest::Client::new();
 

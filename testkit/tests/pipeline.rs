@@ -1,6 +1,7 @@
 //! End to end through a real Mosquitto: HTTP request → edge → broker → sink → one line in the log.
 
 use std::collections::HashMap;
+use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -538,7 +539,10 @@ async fn headers_are_cut_at_the_edge_before_they_are_queued() {
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
     let mut sink = spawn_sink(&broker, dir.path()).await;
-    let edge = spawn_edge_with(&broker, "edge-a", |s| s.edge.max_field_bytes = 10).await;
+    let edge = spawn_edge_with(&broker, "edge-a", |s| {
+        s.edge.max_field_bytes = NonZeroUsize::new(10).unwrap()
+    })
+    .await;
     reqwest::Client::new()
         .get(edge.track_url())
         .header(USER_AGENT, "0123456789-and-much-more")
