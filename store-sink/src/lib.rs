@@ -5,6 +5,7 @@
 pub mod append_file;
 pub mod configuration;
 mod health;
+mod inbox;
 mod receipts;
 mod sequences;
 pub mod storage;
@@ -21,7 +22,7 @@ use anyhow::Context;
 use common::supervision::Watched;
 use rumqttc::AsyncClient;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::configuration::Settings;
@@ -58,8 +59,7 @@ pub async fn run(
     eventloop
         .network_options
         .set_connection_timeout(settings.mqtt.connect_timeout_secs);
-    // Unbounded, yet bounded in effect: the broker sends at most `max_inflight_messages` unacked messages.
-    let (to_writer, messages) = mpsc::unbounded_channel();
+    let (to_writer, messages) = inbox::channel();
     let stop = CancellationToken::new();
     let mut driver = Watched::spawn(
         "subscription",

@@ -12,16 +12,16 @@ use std::time::Duration;
 
 use common::in_turn::{address, InTurn};
 use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS,
+    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS,
     SubscribeReasonCode,
 };
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use common::configuration::SettingsError;
 
 use crate::configuration::Settings;
 use crate::health::SinkHealth;
+use crate::inbox;
 
 /// Fits the largest message the broker lets through (`max_packet_size 1048576`) with room to spare.
 /// A message the client cannot read would make it reconnect and be redelivered forever.
@@ -72,7 +72,7 @@ pub async fn drive(
     mut brokers: InTurn<MqttOptions>,
     client: AsyncClient,
     filter: String,
-    to_writer: mpsc::UnboundedSender<Publish>,
+    to_writer: inbox::Sender,
     stop: CancellationToken,
     health: Arc<SinkHealth>,
 ) {
@@ -80,7 +80,8 @@ pub async fn drive(
     loop {
         let failure = match eventloop.poll().await {
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                let _ = to_writer.send(publish);
+                // Waits (not reading the socket) while unacked messages fill the inbox.
+                to_writer.send(publish).await;
                 continue;
             }
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {

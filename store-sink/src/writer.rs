@@ -11,18 +11,19 @@ use chrono::{DateTime, Utc};
 
 use common::blocking::on_blocking_pool;
 use rumqttc::{AsyncClient, Publish};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::configuration::StorageSettings;
 use crate::health::SinkHealth;
+use crate::inbox;
 use crate::receipts::Receipts;
 use crate::storage::{Outcome, Storage};
 
 /// At most this many messages share one flush; the broker keeps up to 1000 in flight to the sink.
 const MAX_BATCH_MESSAGES: usize = 1000;
 /// A batch stops growing once its messages carry this many bytes, so what one flush formats stays
-/// bounded whatever the messages hold (the broker's `max_inflight_bytes` bounds what waits behind it).
+/// bounded whatever the messages hold (the inbox bounds what waits behind it).
 const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 /// A small batch this soon after the last flush means a steady trickle: the writer then waits `LINGER`
 /// for more to share the flush. Fewer, larger batches nearly halved the sink's CPU per visit under load
@@ -60,7 +61,7 @@ impl Writer {
     /// Runs until `stop`: then what was already received is written and acked, and it returns.
     pub async fn run(
         mut self,
-        mut messages: mpsc::UnboundedReceiver<Publish>,
+        mut messages: inbox::Receiver,
         reopen: Arc<Notify>,
         stop: CancellationToken,
     ) {
@@ -101,6 +102,7 @@ impl Writer {
                     // The broker redelivers it next session.
                     tracing::warn!("could not ack a written message: {err}");
                 }
+                messages.release(message);
             }
         }
     }
@@ -191,15 +193,15 @@ impl Writer {
 }
 
 /// Moves the messages already waiting into `batch`, up to its size limits.
-fn take_waiting(messages: &mut mpsc::UnboundedReceiver<Publish>, batch: &mut Vec<Publish>) {
+fn take_waiting(messages: &mut inbox::Receiver, batch: &mut Vec<Publish>) {
     let mut bytes: usize = batch.iter().map(|message| message.payload.len()).sum();
     while batch.len() < MAX_BATCH_MESSAGES && bytes < MAX_BATCH_BYTES {
         match messages.try_recv() {
-            Ok(message) => {
+            Some(message) => {
                 bytes += message.payload.len();
                 batch.push(message);
             }
-            Err(_) => break,
+            None => break,
         }
     }
 }

@@ -259,6 +259,13 @@ impl Service {
         self.signal(Signal::SIGKILL);
     }
 
+    /// Whether the process is still running (it has not exited by itself).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| child.try_wait().expect("waiting for the service").is_none())
+    }
+
     /// The most memory the running process has had resident (VmHWM), in bytes.
     pub fn peak_rss(&self) -> u64 {
         let child = self.child.as_ref().expect("the service is running");
