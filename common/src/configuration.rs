@@ -6,6 +6,7 @@
 //! for a number or a boolean, so `TRACKER__EDGE__ID=007` is the id `007`, not `7`.
 
 use std::collections::HashMap;
+use std::num::NonZeroU64;
 use std::path::PathBuf;
 
 use config::{Config, Environment, File, FileFormat};
@@ -133,7 +134,7 @@ pub struct MqttSettings {
     pub keep_alive_secs: u64,
     /// Each connection attempt (TCP, TLS and the CONNACK) is given up after this long; it must cover
     /// a few round trips (TLS alone takes two).
-    pub connect_timeout_secs: u64,
+    pub connect_timeout_secs: NonZeroU64,
     /// Base topic of the sink's receipts: `{receipt_topic}/{edge.id}` says up to which sequence number
     /// that edge's visits are durably in the log (retained, so an edge reads it on every connect).
     pub receipt_topic: String,
@@ -157,7 +158,7 @@ impl Default for MqttSettings {
             client_key_file: None,
             topic: "tracker/visits".into(),
             keep_alive_secs: 15,
-            connect_timeout_secs: 5,
+            connect_timeout_secs: NonZeroU64::new(5).unwrap(),
             receipt_topic: "tracker/receipts".into(),
             protocol: None,
         }
@@ -211,12 +212,6 @@ impl MqttSettings {
             return Err(SettingsError::invalid(
                 "mqtt.keep_alive_secs",
                 "must be between 5 and 65535",
-            ));
-        }
-        if self.connect_timeout_secs == 0 {
-            return Err(SettingsError::invalid(
-                "mqtt.connect_timeout_secs",
-                "must be at least 1",
             ));
         }
         if (self.password.is_some() || self.password_file.is_some()) && self.user().is_none() {
@@ -514,15 +509,18 @@ mod tests {
                 "65536",
                 "`mqtt.keep_alive_secs`",
             ),
-            (
-                "TRACKER__MQTT__CONNECT_TIMEOUT_SECS",
-                "0",
-                "`mqtt.connect_timeout_secs`",
-            ),
         ] {
             let err = load(None, &[(var, value)]).unwrap().mqtt.validate();
             assert!(err.unwrap_err().to_string().contains(key), "{var}={value}");
         }
+        // A NonZero type: refused while loading, naming the key.
+        let Err(err) = load(None, &[("TRACKER__MQTT__CONNECT_TIMEOUT_SECS", "0")]) else {
+            panic!("a zero connect timeout loaded");
+        };
+        assert!(
+            err.to_string().contains("mqtt.connect_timeout_secs"),
+            "{err}"
+        );
         let probe = load(None, &[("TRACKER__MQTT__KEEP_ALIVE_SECS", "5")]).unwrap();
         probe.mqtt.validate().unwrap();
         assert_eq!(probe.mqtt.keep_alive(), std::time::Duration::from_secs(5));

@@ -32,7 +32,7 @@ pub fn write_line(visit: &Visit, max_field_bytes: usize, out: &mut Vec<u8>) {
 }
 
 /// The address as `Display` writes it; IPv4, nearly every visit, without the formatting machinery
-/// (a fifth of `write_line`, by callgrind).
+/// (what that saved: bench/RESULTS.md).
 fn write_ip(ip: &VisitorIp, out: &mut Vec<u8>) {
     match ip {
         VisitorIp::Addr(IpAddr::V4(v4)) => {
@@ -110,7 +110,7 @@ pub fn escape_into(bytes: &[u8], out: &mut Vec<u8>) {
 }
 
 /// How many leading bytes are plain, checked 16 at a time where possible (the compiler turns a
-/// fixed-size chunk's check into vector instructions: a third of `escape_into`, by callgrind).
+/// fixed-size chunk's check into vector instructions; what that saved: bench/RESULTS.md).
 fn plain_prefix(bytes: &[u8]) -> usize {
     const LANES: usize = 16;
     let whole_chunks = bytes

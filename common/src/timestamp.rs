@@ -17,7 +17,7 @@ pub fn write(ts: &DateTime<Utc>, out: &mut Vec<u8>) {
         let _ = write!(out, "{}.{ticks:07}Z", ts.format("%Y-%m-%dT%H:%M:%S"));
         return;
     }
-    // Digit by digit: chrono's pattern formatting was a tenth of the sink's time per visit.
+    // Digit by digit: chrono's pattern formatting cost the sink dearly (bench/RESULTS.md).
     let mut text = *b"0000-00-00T00:00:00.0000000Z";
     put_digits(&mut text[0..4], year as u32);
     put_digits(&mut text[5..7], naive.month());

@@ -1,10 +1,10 @@
 //! How many published batches may wait for their PUBACK at once. Two, as long as batches are not
 //! full: while they wait, new visits gather into the next batch, so under load a message carries
-//! dozens of visits (more batches in flight made messages smaller and tripled the broker's CPU per
-//! visit, see bench/RESULTS.md), and an idle edge still sends each visit at once.
+//! dozens of visits (more batches in flight made messages smaller and cost the broker far more CPU
+//! per visit, see bench/RESULTS.md), and an idle edge still sends each visit at once.
 //!
-//! Far from the broker two batches are not enough: each waits a round trip or more (1.2–1.5 s over a
-//! 300 ms link with 3 % loss), so batches fill up to their maximum and visits queue behind them. A
+//! Far from the broker two batches are not enough: each waits a round trip or more (far longer
+//! over a lossy link), so batches fill up to their maximum and visits queue behind them. A
 //! full batch coming back acknowledged says exactly that — the window, not batching, limits the edge
 //! and the broker keeps up — so the window grows by one batch for each (doubling every round trip,
 //! like TCP's slow start), up to `edge.max_in_flight_bytes`. Each batch acknowledged before it filled

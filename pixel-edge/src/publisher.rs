@@ -91,7 +91,7 @@ impl Publisher {
                 host,
                 port,
                 keep_alive: settings.mqtt.keep_alive(),
-                connect_timeout_secs: settings.mqtt.connect_timeout_secs,
+                connect_timeout_secs: settings.mqtt.connect_timeout_secs.get(),
                 // rumqttc sizes a table by this limit (u16::MAX by default: 14 MB); the window never needs more.
                 max_in_flight: window.max_batches() as u16,
                 transport: transport.clone(),

@@ -1,6 +1,7 @@
 //! The sink's settings: `mqtt.*`, `storage.*` and `admin.*`, layered as described in [`common::configuration`].
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
 use common::configuration::{MqttSettings, SettingsError, Sources};
@@ -45,12 +46,12 @@ pub struct StorageSettings {
     /// faster, but a power cut can then lose acknowledged visits.
     pub fsync: bool,
     /// Referrer and user-agent are cut to this many bytes (before escaping).
-    pub max_field_bytes: usize,
+    pub max_field_bytes: NonZeroUsize,
     /// A dead-letter record keeps this many bytes of a rejected message's content (before escaping).
     pub max_rejected_bytes: usize,
     /// How many of the most recently written visit ids are remembered (in memory and in
     /// `<path>.ids`) to drop redelivered duplicates.
-    pub dedup_window: usize,
+    pub dedup_window: NonZeroUsize,
 }
 
 impl Default for StorageSettings {
@@ -59,9 +60,9 @@ impl Default for StorageSettings {
             path: PathBuf::from("/tmp/visits.log"),
             rejected_path: None,
             fsync: true,
-            max_field_bytes: 4096,
+            max_field_bytes: NonZeroUsize::new(4096).unwrap(),
             max_rejected_bytes: 64 * 1024,
-            dedup_window: 250_000,
+            dedup_window: NonZeroUsize::new(250_000).unwrap(),
         }
     }
 }
@@ -98,18 +99,6 @@ impl Settings {
             return Err(SettingsError::invalid(
                 "storage.rejected_path",
                 "must differ from storage.path",
-            ));
-        }
-        if self.storage.dedup_window == 0 {
-            return Err(SettingsError::invalid(
-                "storage.dedup_window",
-                "must be at least 1",
-            ));
-        }
-        if self.storage.max_field_bytes == 0 {
-            return Err(SettingsError::invalid(
-                "storage.max_field_bytes",
-                "must be at least 1",
             ));
         }
         Ok(())
@@ -219,6 +208,11 @@ mod tests {
                 "0",
                 "storage.dedup_window",
             ),
+            (
+                "TRACKER__STORAGE__MAX_FIELD_BYTES",
+                "0",
+                "storage.max_field_bytes",
+            ),
         ];
         for (var, value, key) in cases {
             let err = load(&[(var, value)]).unwrap_err().to_string();
@@ -231,6 +225,6 @@ mod tests {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("appsettings.json");
         let settings = Settings::load(Sources::with_env(Some(path), &[])).unwrap();
         assert_eq!(settings.client_id(), "store-sink");
-        assert_eq!(settings.storage.max_field_bytes, 4096);
+        assert_eq!(settings.storage.max_field_bytes.get(), 4096);
     }
 }

@@ -58,7 +58,7 @@ pub async fn run(
     // rumqttc's v4 client keeps this timeout (connect, and each flush) with the event loop, not the options.
     eventloop
         .network_options
-        .set_connection_timeout(settings.mqtt.connect_timeout_secs);
+        .set_connection_timeout(settings.mqtt.connect_timeout_secs.get());
     let (to_writer, messages) = inbox::channel();
     let stop = CancellationToken::new();
     let mut driver = Watched::spawn(

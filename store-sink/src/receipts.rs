@@ -83,7 +83,7 @@ pub fn start(
     let (client, mut eventloop) = AsyncClient::new(brokers.current().clone(), REQUEST_CAPACITY);
     eventloop
         .network_options
-        .set_connection_timeout(settings.mqtt.connect_timeout_secs);
+        .set_connection_timeout(settings.mqtt.connect_timeout_secs.get());
     let receipts = Receipts {
         pending: Arc::default(),
         newest: Arc::default(),

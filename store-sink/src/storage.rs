@@ -117,7 +117,7 @@ impl Storage {
         let written_ids = WrittenIds::recover(
             &settings.path,
             visits.buffer_offset(),
-            settings.dedup_window,
+            settings.dedup_window.get(),
         )
         .map_err(in_path)?;
         if let Some(start) = written_ids.torn_batch_start() {
@@ -138,7 +138,7 @@ impl Storage {
             written_ids,
             newest_visit: None,
             fsync: settings.fsync,
-            max_field_bytes: settings.max_field_bytes,
+            max_field_bytes: settings.max_field_bytes.get(),
             max_rejected_bytes: settings.max_rejected_bytes,
             warnings: RateLimited::default(),
         })
@@ -202,8 +202,6 @@ impl Storage {
         out.len() - start
     }
 
-    /// Writes out both buffers (and syncs them when `storage.fsync`). On error, call again: it goes on
-    /// where it stopped.
     /// Opens the log and the dead-letter file afresh (after a rotation moved them away). Call only
     /// with nothing waiting to be flushed, so that no visit is split across files.
     pub fn reopen(&mut self, settings: &StorageSettings) -> io::Result<()> {
@@ -224,6 +222,8 @@ impl Storage {
         self.newest_visit.take()
     }
 
+    /// Writes out both buffers (and syncs them when `storage.fsync`). On error, call again: it goes on
+    /// where it stopped.
     pub fn flush(&mut self) -> io::Result<()> {
         let start = self.visits.buffer_offset();
         let end = start + self.visits.buffer().len() as u64;

@@ -26,7 +26,7 @@ const MAX_BATCH_MESSAGES: usize = 1000;
 /// bounded whatever the messages hold (the inbox bounds what waits behind it).
 const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 /// A small batch this soon after the last flush means a steady trickle: the writer then waits `LINGER`
-/// for more to share the flush. Fewer, larger batches nearly halved the sink's CPU per visit under load
+/// for more to share the flush. Fewer, larger batches cut the sink's CPU per visit under load
 /// (bench/RESULTS.md); a lone visit under light load, or a backlog, is written at once.
 const BUSY_WITHIN: Duration = Duration::from_millis(2);
 const LINGER: Duration = Duration::from_millis(1);
