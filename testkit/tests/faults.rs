@@ -12,7 +12,9 @@ use testkit::{
 };
 use tokio::time::sleep;
 
-const PATIENCE: Duration = Duration::from_secs(60);
+/// How long a wait may take before the test gives up: generous, since a wait ends as soon as its
+/// condition holds and a probe may be up to 32 receipt timeouts away on a loaded machine.
+const PATIENCE: Duration = Duration::from_secs(180);
 
 /// Paced traffic to `edge`, in a task of its own so the test can inject faults meanwhile.
 fn traffic(
