@@ -108,7 +108,15 @@ pub async fn run(
     tokio::select! {
         _ = shutdown => {}
         ended = driver.ended() => return Err(ended.into()),
-        ended = writer.ended() => return Err(ended.into()),
+        ended = writer.ended() => {
+            // The writer also returns when the subscription's channel closes: a subscription that
+            // died is then the cause to report, once its end is seen.
+            return Err(match tokio::time::timeout(Duration::from_secs(1), driver.ended()).await {
+                Ok(cause) => cause,
+                Err(_) => ended,
+            }
+            .into());
+        }
         ended = http.ended() => return Err(ended.into()),
         ended = receipts_task.ended() => return Err(ended.into()),
     }
