@@ -226,6 +226,23 @@ impl Service {
         }
     }
 
+    /// The value of the counter or gauge `name` (without labels) on an edge's `/metrics`; `None` until
+    /// it is there (or while the edge does not answer).
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let text = crate::client()
+            .get(self.metrics_url())
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let value = text
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))?;
+        value.trim().parse().ok()
+    }
+
     /// Waits until an edge's broker has acknowledged `count` visits (`tracker_edge_visits_acknowledged_total`,
     /// which counts again what is sent again); panics after `patience` (a deadline, not a timing assertion).
     pub async fn wait_until_acknowledged(&self, count: usize, patience: Duration) {

@@ -35,7 +35,7 @@ async fn a_dead_first_host_is_passed_over_and_every_visit_lands_and_is_confirmed
     assert_eq!(lines.len(), 50, "{}", sink.log());
     // The receipts come on the sink's second connection: it moved to the live broker too.
     let deadline = Instant::now() + PATIENCE;
-    while unconfirmed(&edge).await != Some(0) {
+    while edge.metric("tracker_edge_unconfirmed_visits").await != Some(0.0) {
         assert!(
             Instant::now() < deadline,
             "never confirmed:\n{}",
@@ -50,22 +50,6 @@ async fn a_dead_first_host_is_passed_over_and_every_visit_lands_and_is_confirmed
             service.log()
         );
     }
-}
-
-/// The edge's `tracker_edge_unconfirmed_visits`.
-async fn unconfirmed(edge: &Service) -> Option<u64> {
-    let text = client()
-        .get(edge.metrics_url())
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find_map(|line| line.strip_prefix("tracker_edge_unconfirmed_visits "))
-        .and_then(|value| value.trim().parse::<f64>().ok())
-        .map(|value| value as u64)
 }
 
 const REFUSED: &str = "the broker refused the subscription";

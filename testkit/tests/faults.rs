@@ -223,28 +223,11 @@ async fn visits_published_before_any_sink_subscribed_are_kept_until_one_does() {
     assert_exactly_once(&lines, &report.answered, "no subscriber at first");
 }
 
-/// The value of the counter or gauge `name` (without labels) on `edge`'s `/metrics`; `None` until it
-/// is there.
-async fn edge_metric(edge: &Service, name: &str) -> Option<f64> {
-    let text = client()
-        .get(edge.metrics_url())
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    let value = text
-        .lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))?;
-    value.trim().parse().ok()
-}
-
 /// Waits until `edge`'s metric `name` satisfies `done` (a deadline for waiting, not a timing assertion).
 async fn wait_for_metric(edge: &Service, name: &str, done: impl Fn(f64) -> bool) {
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let value = edge_metric(edge, name).await;
+        let value = edge.metric(name).await;
         if value.is_some_and(&done) {
             return;
         }
@@ -292,7 +275,7 @@ async fn acked_but_never_delivered(late: usize) {
     wait_for_metric(&edge, "tracker_edge_unconfirmed_visits", |held| held == 0.0).await;
     let lines = settled_lines(&dir.path().join("visits.log"), Duration::from_secs(1)).await;
     // Sent again by the edge (a probe or everything), not by the broker.
-    let resends = edge_metric(&edge, "tracker_edge_unconfirmed_resends_total").await;
+    let resends = edge.metric("tracker_edge_unconfirmed_resends_total").await;
     drop(monitor);
     assert!(edge.terminate().success());
     sink.terminate();
@@ -350,7 +333,7 @@ async fn visits_a_full_broker_queue_dropped_are_sent_again() {
     let late = traffic(&edge, "late", 100, 2).await.unwrap();
     wait_for_metric(&edge, "tracker_edge_unconfirmed_visits", |held| held == 0.0).await;
     let lines = settled_lines(&dir.path().join("visits.log"), Duration::from_secs(1)).await;
-    let resends = edge_metric(&edge, "tracker_edge_unconfirmed_resends_total").await;
+    let resends = edge.metric("tracker_edge_unconfirmed_resends_total").await;
     assert!(edge.terminate().success());
     sink.terminate();
     let answered = [queued.answered, late.answered].concat();
