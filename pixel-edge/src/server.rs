@@ -105,23 +105,11 @@ pub async fn serve(
         proxy_protocol: http.proxy_protocol,
     };
 
-    // The accept loops never end by themselves; dropping them at shutdown closes the listeners.
+    let https_listener = https_listener.map(|(listener, tls)| (listener, TlsAcceptor::from(tls)));
+    // The accept loop never ends by itself; dropping it at shutdown closes the listeners.
     tokio::select! {
         _ = shutdown => {}
-        _ = async {
-            tokio::join!(
-                async {
-                    if let Some(listener) = http_listener {
-                        server.accept_loop(listener, None).await;
-                    }
-                },
-                async {
-                    if let Some((listener, tls)) = https_listener {
-                        server.accept_loop(listener, Some(TlsAcceptor::from(tls))).await;
-                    }
-                },
-            )
-        } => {}
+        _ = server.accept_loop(http_listener, https_listener) => {}
     }
 
     server.closing.cancel();
@@ -138,7 +126,14 @@ pub async fn serve(
 }
 
 impl Server {
-    async fn accept_loop(&self, listener: TcpListener, tls: Option<TlsAcceptor>) {
+    /// Accepts on both listeners in one loop: the permit it holds while waiting serves whichever
+    /// listener a connection comes to first (a loop per listener would each hold one, so that
+    /// `http.max_connections = 1` starved one of them).
+    async fn accept_loop(
+        &self,
+        http: Option<TcpListener>,
+        https: Option<(TcpListener, TlsAcceptor)>,
+    ) {
         loop {
             let permit = self
                 .permits
@@ -146,7 +141,13 @@ impl Server {
                 .acquire_owned()
                 .await
                 .expect("the semaphore is never closed");
-            let (stream, peer) = match listener.accept().await {
+            let (accepted, tls) = tokio::select! {
+                accepted = accept(http.as_ref()) => (accepted, None),
+                accepted = accept(https.as_ref().map(|(listener, _)| listener)) => {
+                    (accepted, https.as_ref().map(|(_, tls)| tls.clone()))
+                }
+            };
+            let (stream, peer) = match accepted {
                 Ok(accepted) => accepted,
                 Err(err) => {
                     // E.g. out of file descriptors: pause instead of spinning.
@@ -155,7 +156,7 @@ impl Server {
                     continue;
                 }
             };
-            let connection = self.connection(stream, peer, tls.clone());
+            let connection = self.connection(stream, peer, tls);
             tokio::spawn(async move {
                 connection.await;
                 drop(permit);
@@ -208,6 +209,14 @@ impl Server {
                 tracing::debug!("connection ended with an error: {err}");
             }
         }
+    }
+}
+
+/// The next connection on `listener`; never, without one.
+async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -1,7 +1,9 @@
 //! HTTPS at the edge, fetched with curl as a browser would: HTTP/2 (and HTTP/1.1) over TLS with the
 //! certificate `scripts/secrets` made, visits landing in the log; a renewed certificate served without
-//! a restart, whether the files change or SIGHUP asks; a broken renewal keeps the one being served.
+//! a restart, whether the files change or SIGHUP asks; a broken renewal keeps the one being served;
+//! one connection slot shared by both listeners.
 
+use std::num::NonZeroUsize;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -54,6 +56,41 @@ async fn visits_over_https_land_over_http2_and_http1() {
 
     edge.stop().await;
     sink.stop().await;
+}
+
+/// One connection slot, two listeners: each is served in turn (the slot is not kept by whichever
+/// listener waited for a connection first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_connection_slot_serves_http_and_https_in_turn() {
+    let broker = Broker::start();
+    let secrets = broker.secrets_dir();
+    let edge = spawn_edge_with(&broker, "one-slot", |settings| {
+        settings.http.max_connections = NonZeroUsize::MIN;
+        // No sink: nothing to wait for at the stop.
+        settings.edge.drain_timeout_secs = 1;
+        settings.https.listen = Some("127.0.0.1:0".parse().unwrap());
+        settings.https.cert_file = Some(secrets.join("https.crt"));
+        settings.https.key_file = Some(secrets.join("https.key"));
+    })
+    .await;
+    let (https, ca) = (edge.https_track_url(), broker.ca_file());
+    // No keep-alive: an idle pooled connection would hold the slot itself.
+    let plain = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    for round in 0..2 {
+        let fetched = https_get(&https, &ca, &[]).await;
+        assert_eq!(fetched.map(|f| f.status), Ok(200), "HTTPS, round {round}");
+        let status = plain.get(edge.track_url()).send().await.map(|r| r.status());
+        assert_eq!(
+            status.ok(),
+            Some(reqwest::StatusCode::OK),
+            "HTTP, round {round}"
+        );
+    }
+    edge.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
