@@ -88,7 +88,7 @@ impl LinkOptions {
 pub enum LinkEvent {
     /// CONNACK: the connection is up.
     Connected,
-    /// A publish went out with this packet id; they come in the order the publishes were requested.
+    /// A publish went out with this packet id (`unacked` pairs it with its batch).
     Sent(u16),
     /// PUBACK; `refused` names the reason an MQTT 5 broker gave for not taking the message.
     PubAck { pkid: u16, refused: Option<String> },

@@ -17,6 +17,7 @@ mod receipt_wait;
 pub mod routes;
 mod server;
 mod spool;
+mod unacked;
 
 use std::future::Future;
 use std::net::SocketAddr;

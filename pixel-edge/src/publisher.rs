@@ -10,7 +10,7 @@
 //! confirms a batch, and only what a lost connection left unacknowledged is sent again. Without a
 //! spool, visits wait in the bounded in-memory queue while the broker is away.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -28,6 +28,7 @@ use crate::flight_window::FlightWindow;
 use crate::queue::{self, EncodedVisit};
 use crate::receipt_wait::{Receipt, ReceiptWait, Resend};
 use crate::spool::Spool;
+use crate::unacked::Unacked;
 
 /// After the broker refuses a batch (e.g. "no matching subscribers"), wait this long before trying again.
 const REFUSED_PAUSE: Duration = Duration::from_secs(1);
@@ -54,11 +55,9 @@ pub struct Publisher {
     outbox: VecDeque<Batch>,
     /// Payload bytes in `outbox`, bounded by [`MAX_OUTBOX_BYTES`].
     outbox_bytes: usize,
-    /// Handed to rumqttc (when, and what), in order; each gets its packet id when rumqttc reports it sent.
-    submitted: VecDeque<(Instant, Batch)>,
-    /// Sent, waiting for their PUBACK.
-    in_flight: HashMap<u16, (Instant, Batch)>,
-    /// How many of those there may be (`submitted` included).
+    /// Handed to rumqttc, waiting for their PUBACK.
+    unacked: Unacked<Batch>,
+    /// How many of those there may be.
     window: FlightWindow,
     connection: Option<Connection>,
     /// When to try connecting again while there is no connection.
@@ -109,8 +108,7 @@ impl Publisher {
             queue_done: false,
             outbox: VecDeque::new(),
             outbox_bytes: 0,
-            submitted: VecDeque::new(),
-            in_flight: HashMap::new(),
+            unacked: Unacked::default(),
             window,
             connection: None,
             reconnect_at: Instant::now(),
@@ -127,7 +125,7 @@ impl Publisher {
         let mut drain_deadline: Option<Instant> = None;
         let mut metrics_tick = tokio::time::interval(METRICS_EVERY);
         loop {
-            self.publish_what_fits().await;
+            self.publish_next().await;
             if drain_deadline.is_some() && self.queue_done && self.holds_nothing() {
                 break;
             }
@@ -135,7 +133,7 @@ impl Publisher {
                 && self.outbox_bytes < MAX_OUTBOX_BYTES
                 && match &self.spool {
                     Some(spool) => spool.has_room(),
-                    None => self.can_publish() && self.window_has_room(),
+                    None => self.can_submit(),
                 };
             tokio::select! {
                 event = next_event(&mut self.connection) => self.on_event(event).await,
@@ -175,15 +173,15 @@ impl Publisher {
         metrics::gauge!("tracker_edge_broker_connected").set(if connected { 1.0 } else { 0.0 });
     }
 
-    fn window_has_room(&self) -> bool {
-        self.window
-            .has_room(self.submitted.len() + self.in_flight.len())
+    /// Whether the next batch may be handed to rumqttc now.
+    fn can_submit(&self) -> bool {
+        // One publish at a time not yet reported sent, so that rumqttc's report pairs it with its packet id.
+        self.can_publish() && self.unacked.can_submit() && self.window.has_room(self.unacked.len())
     }
 
     fn holds_nothing(&self) -> bool {
         self.outbox.is_empty()
-            && self.submitted.is_empty()
-            && self.in_flight.is_empty()
+            && self.unacked.is_empty()
             && !self.spool.as_ref().is_some_and(Spool::holds_unconfirmed)
     }
 
@@ -192,8 +190,7 @@ impl Publisher {
         let batches = self
             .outbox
             .iter()
-            .chain(self.submitted.iter().map(|(_, b)| b))
-            .chain(self.in_flight.values().map(|(_, b)| b))
+            .chain(self.unacked.iter())
             .filter(|b| !b.spooled);
         (batches.map(|b| b.visits).sum::<usize>() + self.queue.waiting()) as u64
     }
@@ -290,9 +287,9 @@ impl Publisher {
         }
     }
 
-    /// Hands batches to rumqttc while the window has room: first those waiting, then new ones.
-    async fn publish_what_fits(&mut self) {
-        while self.can_publish() && self.window_has_room() {
+    /// Hands the next batch to rumqttc if it may go now: first those waiting, then new ones.
+    async fn publish_next(&mut self) {
+        if self.can_submit() {
             let Some(batch) = self.next_batch().await else {
                 return;
             };
@@ -301,13 +298,12 @@ impl Publisher {
                 Ok(()) => {
                     metrics::counter!("tracker_edge_visits_published_total")
                         .increment(batch.visits as u64);
-                    self.submitted.push_back((Instant::now(), batch));
+                    self.unacked.submitted(Instant::now(), batch);
                 }
                 Err(err) => {
                     // Not sent is not lost: the batch waits for the next try.
                     tracing::debug!("publish not accepted by the client: {err}");
                     self.unpop_outbox(batch);
-                    return;
                 }
             }
         }
@@ -350,18 +346,11 @@ impl Publisher {
                 self.retry_delays = Box::new(common::backoff::retry_delays());
                 self.subscribe_to_receipts();
             }
-            // rumqttc 0.25 tells a publish's packet id only by this event, which comes for each
-            // request in the order the requests were made (one fresh event loop per connection, and
-            // this task alone publishes). Upstream rumqtt#1007 / #1049 would return it from `publish`.
             // With receipts, a PUBACK only frees room in the window: what is kept or deleted follows
             // the sequence numbers the sink confirms, never this pairing.
-            Some(LinkEvent::Sent(pkid)) => {
-                if let Some(sent) = self.submitted.pop_front() {
-                    self.in_flight.insert(pkid, sent);
-                }
-            }
+            Some(LinkEvent::Sent(pkid)) => self.unacked.sent(pkid),
             Some(LinkEvent::PubAck { pkid, refused }) => {
-                let Some((submitted_at, batch)) = self.in_flight.remove(&pkid) else {
+                let Some((submitted_at, batch)) = self.unacked.acked(pkid) else {
                     return;
                 };
                 match refused {
@@ -516,16 +505,11 @@ impl Publisher {
     fn connection_lost(&mut self, why: &str) {
         metrics::counter!("tracker_edge_broker_reconnects_total").increment(1);
         let delay = self.retry_delays.next().unwrap_or(Duration::from_secs(5));
-        let resend = self.submitted.len() + self.in_flight.len();
+        let resend = self.unacked.len();
         let broker = self.options.current().address();
         let next = self.options.advance().address();
         tracing::warn!(batches_to_resend = resend, %broker, %next, retry_in = ?delay, "broker connection lost: {why}");
-        let mut unacked: Vec<Batch> = self
-            .submitted
-            .drain(..)
-            .chain(self.in_flight.drain().map(|(_, sent)| sent))
-            .map(|(_, batch)| batch)
-            .collect();
+        let mut unacked = self.unacked.take_all();
         let rewind = self.receipt_topic.is_some() && self.spool.is_some();
         if rewind {
             // The spool sends again everything unconfirmed, in order; only memory batches stay here.
