@@ -13,6 +13,7 @@ pub mod mqtt;
 mod process;
 mod rabbitmq;
 mod services;
+mod small_disk;
 pub mod visits_log;
 
 pub use broker::{free_port, init_secrets, workspace_root, Broker};
@@ -26,3 +27,4 @@ pub use services::{
     collect_lines, read_lines, settled_lines, spawn_edge, spawn_edge_with, spawn_sink,
     wait_for_lines, TestEdge, TestSink, EDGE_USER,
 };
+pub use small_disk::SmallDisk;

@@ -104,14 +104,29 @@ impl Service {
 
     /// The store sink writing `dir/visits.log`; `extra` adds or overrides settings.
     pub fn sink(broker: &impl BrokerAccess, dir: &Path, extra: &[(&str, &str)]) -> Self {
-        let mut env = base_env(broker, "store-sink");
-        env.push(("TRACKER__ADMIN__LISTEN".into(), "127.0.0.1:0".into()));
-        env.push((
-            "TRACKER__STORAGE__PATH".into(),
-            dir.join("visits.log").display().to_string(),
-        ));
-        env.extend(owned(extra));
+        let env = sink_env(broker, dir, "127.0.0.1:0", extra);
         Self::from_env("store-sink", env, dir.join("store-sink.log"), None)
+    }
+
+    /// As [`Self::sink`], with its admin listener on a free port (waited for at each start), so
+    /// that [`Self::metric`] reads the sink's metrics.
+    pub fn sink_with_metrics(
+        broker: &impl BrokerAccess,
+        dir: &Path,
+        extra: &[(&str, &str)],
+    ) -> Self {
+        let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+        let mut service = Self {
+            binary: binary("store-sink"),
+            env: sink_env(broker, dir, &admin.to_string(), extra),
+            log: dir.join("store-sink.log"),
+            http_addr: None,
+            admin_addr: Some(admin),
+            namespace: None,
+            child: None,
+        };
+        service.start();
+        service
     }
 
     /// Starts binary `name` configured by `env` alone, logging to `log`; for an edge, `http_port` is
@@ -140,13 +155,16 @@ impl Service {
         format!("http://{}/track", self.http_addr.expect("an edge"))
     }
 
-    /// `http://<admin addr>/metrics` of an edge the harness configured.
+    /// `http://<admin addr>/metrics` of an edge, or of a sink with metrics, the harness configured.
     pub fn metrics_url(&self) -> String {
-        format!("http://{}/metrics", self.admin_addr.expect("an edge"))
+        format!(
+            "http://{}/metrics",
+            self.admin_addr.expect("an edge or a sink with metrics")
+        )
     }
 
-    /// Starts the process (again); an edge is waited for until it accepts connections (on its admin
-    /// listener when the harness chose it: that one is always on).
+    /// Starts the process (again); an edge, or a sink with metrics, is waited for until it accepts
+    /// connections (on its admin listener when the harness chose it: that one is always on).
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "already running");
         let log = OpenOptions::new()
@@ -176,7 +194,7 @@ impl Service {
             while TcpStream::connect(addr).is_err() {
                 assert!(
                     Instant::now() < deadline,
-                    "the edge did not start:\n{}",
+                    "the service did not start:\n{}",
                     self.log()
                 );
                 std::thread::sleep(Duration::from_millis(20));
@@ -226,8 +244,8 @@ impl Service {
         }
     }
 
-    /// The value of the counter or gauge `name` (without labels) on an edge's `/metrics`; `None` until
-    /// it is there (or while the edge does not answer).
+    /// The value of the counter or gauge `name` (with its labels, if any, as `/metrics` shows them) on
+    /// the service's `/metrics`; `None` until it is there (or while the service does not answer).
     pub async fn metric(&self, name: &str) -> Option<f64> {
         let text = crate::client()
             .get(self.metrics_url())
@@ -241,6 +259,29 @@ impl Service {
             .lines()
             .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))?;
         value.trim().parse().ok()
+    }
+
+    /// Waits until the service's metric `name` (see [`Self::metric`]) satisfies `done`; panics, with
+    /// the service's log, after `patience` (a deadline for waiting, not a timing assertion).
+    pub async fn wait_for_metric(
+        &self,
+        name: &str,
+        patience: Duration,
+        done: impl Fn(f64) -> bool,
+    ) {
+        let deadline = Instant::now() + patience;
+        loop {
+            let value = self.metric(name).await;
+            if value.is_some_and(&done) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} never reached the expected value (last {value:?}):\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Waits until an edge's broker has acknowledged `count` visits (`tracker_edge_visits_acknowledged_total`,
@@ -355,6 +396,23 @@ fn edge_env(
             dir.join(format!("spool-{id}")).display().to_string(),
         ));
     }
+    env.extend(owned(extra));
+    env
+}
+
+/// The sink's settings: its admin listener on `admin`, the log at `dir/visits.log`, then `extra`.
+fn sink_env(
+    broker: &impl BrokerAccess,
+    dir: &Path,
+    admin: &str,
+    extra: &[(&str, &str)],
+) -> Vec<(String, String)> {
+    let mut env = base_env(broker, "store-sink");
+    env.push(("TRACKER__ADMIN__LISTEN".into(), admin.into()));
+    env.push((
+        "TRACKER__STORAGE__PATH".into(),
+        dir.join("visits.log").display().to_string(),
+    ));
     env.extend(owned(extra));
     env
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use testkit::visits_log::{assert_exactly_once, count_by_user_agent};
 use testkit::{
     client, collect_lines, read_lines, settled_lines, wait_for_lines, Broker, Load, LoadReport,
-    Service,
+    Service, SmallDisk,
 };
 use tokio::time::sleep;
 
@@ -225,19 +225,7 @@ async fn visits_published_before_any_sink_subscribed_are_kept_until_one_does() {
 
 /// Waits until `edge`'s metric `name` satisfies `done` (a deadline for waiting, not a timing assertion).
 async fn wait_for_metric(edge: &Service, name: &str, done: impl Fn(f64) -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let value = edge.metric(name).await;
-        if value.is_some_and(&done) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name} never reached the expected value (last {value:?}):\n{}",
-            edge.log()
-        );
-        sleep(Duration::from_millis(100)).await;
-    }
+    edge.wait_for_metric(name, PATIENCE, done).await;
 }
 
 /// An operator's `mosquitto_sub` subscribed before the sink's very first subscription: the broker
@@ -533,46 +521,11 @@ async fn an_edge_killed_during_a_broker_outage_loses_only_what_it_had_not_spoole
     assert_eq!(lines.len() + lost, report.answered.len());
 }
 
-/// A size-limited tmpfs, unmounted when dropped.
-struct SmallDisk {
-    dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    fn mount(size: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mounted = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .expect("mount must be installed (util-linux); the test runs as root");
-        assert!(mounted.success(), "mounting a tmpfs needs root");
-        Self { dir }
-    }
-
-    fn grow(&self, size: &str) {
-        let remounted = std::process::Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
-            .arg(self.dir.path())
-            .status()
-            .unwrap();
-        assert!(remounted.success());
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg(self.dir.path())
-            .status();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_batch_torn_by_a_full_disk_leaves_no_broken_line() {
     let dir = tempfile::tempdir().unwrap();
     let disk = SmallDisk::mount("96k");
-    let log = disk.dir.path().join("visits.log");
+    let log = disk.path().join("visits.log");
     let log_setting = log.display().to_string();
     let broker = Broker::start();
     let mut sink = Service::sink(
