@@ -35,6 +35,12 @@ const REFUSED_PAUSE: Duration = Duration::from_secs(1);
 /// Batches held in memory because the spool failed (or there is none) stop the publisher taking more
 /// visits at this size: new visits then wait in the queue, and past it are dropped and counted.
 const MAX_OUTBOX_BYTES: usize = 16 * 1024 * 1024;
+/// Under load (the last spooled batch held at least `LOADED_BATCH` visits: they come faster than
+/// syncs end), the next batch is cut no sooner than `SYNC_EVERY` after the last one began, so that one
+/// fdatasync carries hundreds of visits rather than dozens: syncing was the edge's largest cost per
+/// visit after the HTTP exchange itself (bench/RESULTS.md). A lone visit, or a trickle, is spooled at once.
+const SYNC_EVERY: Duration = Duration::from_millis(4);
+const LOADED_BATCH: usize = 16;
 /// How often the age of the oldest unconfirmed visit is brought up to date.
 const METRICS_EVERY: Duration = Duration::from_secs(1);
 
@@ -51,6 +57,8 @@ pub struct Publisher {
     broker_connected: Arc<AtomicBool>,
     /// Set once the queue is closed and empty: no visit will come any more.
     queue_done: bool,
+    /// Under load, when the next batch may be cut from the queue (see [`SYNC_EVERY`]).
+    next_cut: Instant,
     /// Batches waiting to be published, oldest first: those held in memory, and those to send again.
     outbox: VecDeque<Batch>,
     /// Payload bytes in `outbox`, bounded by [`MAX_OUTBOX_BYTES`].
@@ -106,6 +114,7 @@ impl Publisher {
             spool,
             broker_connected,
             queue_done: false,
+            next_cut: Instant::now(),
             outbox: VecDeque::new(),
             outbox_bytes: 0,
             unacked: Unacked::default(),
@@ -135,13 +144,15 @@ impl Publisher {
                     Some(spool) => spool.has_room(),
                     None => self.can_submit(),
                 };
+            let paced = can_take && self.next_cut > Instant::now();
             tokio::select! {
                 event = next_event(&mut self.connection) => self.on_event(event).await,
                 _ = sleep_until(self.reconnect_at), if self.connection.is_none() => self.connect(),
                 _ = sleep_until(self.paused_until.unwrap_or_else(Instant::now)), if self.paused_until.is_some() => {
                     self.paused_until = None;
                 }
-                visit = self.queue.recv(), if can_take => match visit {
+                _ = sleep_until(self.next_cut), if paced => {}
+                visit = self.queue.recv(), if can_take && !paced => match visit {
                     Some(first) => {
                         let batch = self.fill_batch(first);
                         self.hold(batch).await;
@@ -210,8 +221,14 @@ impl Publisher {
     /// fails: the visits are then not lost, only no longer safe from a restart).
     async fn hold(&mut self, batch: Batch) {
         let payload = batch.payload.clone();
+        let started = Instant::now();
         match self.with_spool(move |spool| spool.append(&payload)).await {
-            Some(Ok(())) => self.record_spool_metrics(),
+            Some(Ok(())) => {
+                if batch.visits >= LOADED_BATCH {
+                    self.next_cut = started + SYNC_EVERY;
+                }
+                self.record_spool_metrics();
+            }
             Some(Err(err)) => {
                 metrics::counter!("tracker_edge_spool_errors_total", "operation" => "append")
                     .increment(1);
