@@ -316,29 +316,23 @@ scaled_visits() {
   echo "edge ids: ${ids[*]}" >&2
 }
 
-# The spools of the edges gone (every directory on the spools volume but the one edge left's) come to
-# hold no visit the sink has not confirmed: each one's highest sequence number is covered by the
-# receipt the sink retains for that edge. (A stopped edge's last segment stays on disk, confirmed.)
-spools_drained() {
-  local deadline=$((SECONDS + WAIT_SECS)) unconfirmed
-  until unconfirmed=$(unconfirmed_spools) && [ -z "$unconfirmed" ]; do
-    [ "$SECONDS" -lt "$deadline" ] || fail "spools of edges gone hold unconfirmed visits:"$'\n'"$unconfirmed"
+# The spool directories of the edges gone (every one on the spools volume but the running edge's)
+# come to be removed: an edge removes its spool when it stops with nothing unconfirmed, and the edge
+# left adopts the spools of those that could not deliver (edge.orphan_after_secs, 5 s here) and
+# removes each once the sink confirmed it all.
+spools_gone() {
+  local deadline=$((SECONDS + WAIT_SECS)) left
+  until left=$(spools_of_edges_gone) && [ -z "$left" ]; do
+    [ "$SECONDS" -lt "$deadline" ] || fail "spools of edges gone still on the volume: $left"
     sleep 1
   done
-  echo "spools of the edges gone, each covered by the sink's receipt: $(spool_seqs | grep -vc "^$(live_edge) ")" >&2
+  echo "no spool directory left but the running edge's ($(live_edge))" >&2
 }
 
-# "edge/<host> holds up to <seq>, confirmed <receipt>" for each spool of an edge gone beyond its receipt.
-unconfirmed_spools() {
-  local live receipts host seq receipt
+spools_of_edges_gone() {
+  local live
   live=$(live_edge)
-  receipts=$(mosquitto_sub -h 127.0.0.1 -p "$MQTT_PORT" -u monitor -P "$(cat mosquitto/secrets/monitor.password)" \
-    -t 'tracker/receipts/#' -v --retained-only -W 3 2>/dev/null || true)
-  while read -r host seq; do
-    [ "$host" != "$live" ] || continue
-    receipt=$(awk -v topic="tracker/receipts/edge/$host" '$1 == topic { print $2 }' <<<"$receipts")
-    [ "$seq" -le "${receipt:-0}" ] || echo "edge/$host holds up to $seq, confirmed ${receipt:-nothing}"
-  done < <(spool_seqs)
+  docker run --rm -v "$(volume_name edge-spool):/spool:ro" "$DEBIAN_IMAGE" ls -1 /spool/edge | grep -vxF "$live" || true
 }
 
 # The host name of the one edge running.
@@ -346,13 +340,13 @@ live_edge() {
   docker inspect -f '{{.Config.Hostname}}' "$(containers pixel-edge)"
 }
 
-# "<host> <highest seq>" for each spool directory on the spools volume.
-spool_seqs() {
-  docker run --rm -v "$(volume_name edge-spool):/spool:ro" "$DEBIAN_IMAGE" sh -c '
-    for dir in /spool/edge/*/; do
-      seq=$(cat "$dir"*.ndjson 2>/dev/null | grep -o "\"seq\":[0-9]*" | cut -d: -f2 | sort -n | tail -n 1)
-      echo "$(basename "$dir") ${seq:-0}"
-    done'
+# The running edge said which spools it adopted, and that it delivered them.
+adopted_logged() {
+  local log
+  log=$(compose logs --no-color pixel-edge)
+  grep -q "adopting the orphaned spool of edge edge/" <<<"$log" || fail "the edge logged no adoption"
+  grep -q "adopted the orphaned spool of edge edge/" <<<"$log" || fail "the edge logged no adoption done"
+  grep "adopted the orphaned spool of edge" <<<"$log" | sed 's/^/  /' >&2
 }
 
 # Visits sent one after another while the sink is SIGKILLed and the broker restarted: each is

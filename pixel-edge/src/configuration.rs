@@ -155,6 +155,12 @@ pub struct EdgeSettings {
     /// Published batches (256 KiB each at most) waiting for their PUBACK, in bytes at most: the
     /// window grows to it only while full batches come back acknowledged (a long or lossy link).
     pub max_in_flight_bytes: usize,
+    /// With the default spool layout (`edge.spool_dir` unset, so every edge's spool is
+    /// `spool/{edge.id}`), deliver the spools under `spool/` that no edge holds, under their own edge
+    /// ids (see `orphans`). Off, or with `edge.spool_dir` set, the edge looks for none.
+    pub adopt_orphaned_spools: bool,
+    /// How long a spool no edge holds must have been untouched before another edge adopts it.
+    pub orphan_after_secs: NonZeroU64,
 }
 
 impl Default for EdgeSettings {
@@ -173,6 +179,10 @@ impl Default for EdgeSettings {
             spool_max_bytes: 256 * 1024 * 1024,
             max_field_bytes: NonZeroUsize::new(4096).unwrap(),
             max_in_flight_bytes: 8 * 1024 * 1024,
+            adopt_orphaned_spools: true,
+            // Assumed: an edge restarted in place (`docker restart`, a crash) is back well within
+            // 5 minutes, so its spool is never adopted meanwhile.
+            orphan_after_secs: NonZeroU64::new(300).unwrap(),
         }
     }
 }
@@ -260,7 +270,7 @@ impl Settings {
         }
         if settings.edge.receipts && settings.edge.spool_dir.is_none() {
             // What an operator would expect: one spool per edge, so two edges on a host never share one.
-            settings.edge.spool_dir = Some(PathBuf::from("spool").join(&settings.edge.id));
+            settings.edge.spool_dir = Some(default_spool_dir(&settings.edge.id));
         }
         settings.validate()?;
         Ok(settings)
@@ -279,24 +289,7 @@ impl Settings {
 
     pub fn validate(&self) -> Result<(), SettingsError> {
         self.mqtt.validate()?;
-        let id = &self.edge.id;
-        if id.split('/').any(|level| level.is_empty()) || id.contains(['+', '#', '\0']) {
-            return Err(SettingsError::invalid(
-                "edge.id",
-                format!("{id:?} must be non-empty topic levels, without '+' or '#'"),
-            ));
-        }
-        if let Some(user) = self.mqtt.user() {
-            let below_user = id
-                .strip_prefix(user)
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
-            if !below_user {
-                return Err(SettingsError::invalid(
-                    "edge.id",
-                    format!("{id:?} must be {user:?} or start with \"{user}/\": the broker lets user {user:?} publish only there"),
-                ));
-            }
-        }
+        self.check_edge_id(&self.edge.id)?;
         if self.edge.receipts && self.edge.spool_dir.is_none() {
             return Err(SettingsError::invalid(
                 "edge.receipts",
@@ -345,6 +338,29 @@ impl Settings {
         self.privacy.validate()
     }
 
+    /// Whether `id` may name an edge connecting with these settings: topic levels, below the broker
+    /// user's name (checked for the edge itself, and for each orphaned spool it would deliver).
+    pub fn check_edge_id(&self, id: &str) -> Result<(), SettingsError> {
+        if id.split('/').any(|level| level.is_empty()) || id.contains(['+', '#', '\0']) {
+            return Err(SettingsError::invalid(
+                "edge.id",
+                format!("{id:?} must be non-empty topic levels, without '+' or '#'"),
+            ));
+        }
+        if let Some(user) = self.mqtt.user() {
+            let below_user = id
+                .strip_prefix(user)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+            if !below_user {
+                return Err(SettingsError::invalid(
+                    "edge.id",
+                    format!("{id:?} must be {user:?} or start with \"{user}/\": the broker lets user {user:?} publish only there"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn validate_https(&self) -> Result<(), SettingsError> {
         let https = &self.https;
         if https.listen.is_none() {
@@ -384,6 +400,29 @@ impl Settings {
         self.mqtt.protocol.unwrap_or(MqttProtocol::V5)
     }
 
+    /// The directory that holds every edge's spool in the default layout (`edge.spool_dir` unset:
+    /// `spool/{edge.id}`); `None` when this edge's spool is elsewhere.
+    pub fn spool_root(&self) -> Option<PathBuf> {
+        let default = self.edge.spool_dir.as_ref() == Some(&default_spool_dir(&self.edge.id));
+        default.then(|| PathBuf::from(SPOOL_ROOT))
+    }
+
+    /// Settings for delivering the orphaned spool of edge `id`: its id (so its topic and receipt
+    /// topic), its spool, and the client id `{this edge's client id}//adopting/{id}`. No edge id holds
+    /// `//` (no empty levels), so no edge's own connection (this one's, or a later edge's with that
+    /// id) ever has it. (Not `+`: Mosquitto's ACL patterns refuse a client id holding `+` or `#`.)
+    pub fn adopting(&self, id: &str) -> Self {
+        let mut settings = self.clone();
+        settings.mqtt.client_id = Some(format!("{}//adopting/{id}", self.client_id()));
+        settings.edge.id = id.to_owned();
+        settings.edge.spool_dir = Some(default_spool_dir(id));
+        settings
+    }
+
+    pub fn orphan_after(&self) -> Duration {
+        Duration::from_secs(self.edge.orphan_after_secs.get())
+    }
+
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_secs(self.edge.drain_timeout_secs)
     }
@@ -391,6 +430,13 @@ impl Settings {
     pub fn receipt_timeout(&self) -> Duration {
         Duration::from_secs(self.edge.receipt_timeout_secs)
     }
+}
+
+/// Where every edge's spool is by default, in the working directory.
+const SPOOL_ROOT: &str = "spool";
+
+fn default_spool_dir(id: &str) -> PathBuf {
+    PathBuf::from(SPOOL_ROOT).join(id)
 }
 
 impl HttpSettings {
@@ -477,8 +523,23 @@ mod tests {
             Some(PathBuf::from("spool/edge-eu-1")),
             "receipts are on by default, with a spool per edge id"
         );
+        assert_eq!(settings.spool_root(), Some(PathBuf::from("spool")));
+        let adopting = settings.adopting("edge-eu-0");
+        assert_eq!(adopting.topic(), "tracker/visits/edge-eu-0");
+        assert_eq!(adopting.receipt_topic(), "tracker/receipts/edge-eu-0");
+        assert_eq!(
+            adopting.edge.spool_dir,
+            Some(PathBuf::from("spool/edge-eu-0"))
+        );
+        assert_eq!(
+            adopting.client_id(),
+            "pixel-edge-edge-eu-1//adopting/edge-eu-0"
+        );
+        let elsewhere = load(&[("TRACKER__EDGE__SPOOL_DIR", "/var/spool/edge")]).unwrap();
+        assert_eq!(elsewhere.spool_root(), None, "no known root: no adoption");
         let diskless = load(&[("TRACKER__EDGE__RECEIPTS", "false")]).unwrap();
         assert_eq!(diskless.edge.spool_dir, None);
+        assert_eq!(diskless.spool_root(), None);
         assert_eq!(settings.client_id(), "pixel-edge-edge-eu-1");
         assert_eq!(settings.protocol(), MqttProtocol::V5);
         let rabbitmq = load(&[("TRACKER__MQTT__PROTOCOL", "3.1.1")]).unwrap();
@@ -550,6 +611,11 @@ mod tests {
             ),
             ("TRACKER__EDGE__ID", "a/+", "edge.id"),
             ("TRACKER__EDGE__QUEUE_CAPACITY", "0", "edge.queue_capacity"),
+            (
+                "TRACKER__EDGE__ORPHAN_AFTER_SECS",
+                "0",
+                "edge.orphan_after_secs",
+            ),
             (
                 "TRACKER__EDGE__MAX_IN_FLIGHT_BYTES",
                 "100000",

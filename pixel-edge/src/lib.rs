@@ -1,6 +1,7 @@
 //! The pixel edge: serves `GET /track` with a transparent GIF at once, over HTTP and HTTPS, and hands
 //! each visit to a bounded queue; one publisher task delivers the queue to the broker. The server, the
-//! publisher, the admin listener and the certificate reloader are watched: if one ends before shutdown, `run` fails.
+//! publisher, the admin listener, the certificate reloader and the orphan adopter (`orphans`) are
+//! watched: if one ends before shutdown, `run` fails.
 
 mod batch;
 pub mod configuration;
@@ -9,6 +10,7 @@ mod flight_window;
 mod forwarded;
 pub mod https;
 mod idle;
+mod orphans;
 pub mod privacy;
 mod proxy_protocol;
 mod publisher;
@@ -32,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::configuration::Settings;
 use crate::https::Certificate;
+use crate::orphans::Orphans;
 use crate::privacy::Privacy;
 use crate::publisher::Publisher;
 use crate::routes::{RequestCounters, Tracker};
@@ -117,10 +120,15 @@ pub async fn run(
     let broker_connected = Arc::new(AtomicBool::new(false));
     let stop_publishing = CancellationToken::new();
     let publisher = Publisher::new(&settings, queue_rx, spool, broker_connected.clone())?;
-    let mut publisher = Watched::spawn(
-        "publisher",
-        publisher.run(stop_publishing.clone(), settings.drain_timeout()),
-    );
+    let publishing = publisher.run(stop_publishing.clone(), settings.drain_timeout());
+    let mut publisher = Watched::spawn("publisher", async move {
+        publishing.await;
+    });
+    let stop_adopting = CancellationToken::new();
+    let mut adopter = settings.spool_root().map(|root| {
+        let orphans = Orphans::new(&settings, root);
+        Watched::spawn("orphan adopter", orphans.run(stop_adopting.clone()))
+    });
 
     let tracker = Arc::new(Tracker {
         queue,
@@ -195,6 +203,12 @@ pub async fn run(
                 None => std::future::pending().await,
             }
         } => return Err(ended.into()),
+        ended = async {
+            match adopter.as_mut() {
+                Some(adopter) => adopter.ended().await,
+                None => std::future::pending().await,
+            }
+        } => return Err(ended.into()),
     }
     stop_serving.cancel();
     server.join().await?;
@@ -202,8 +216,13 @@ pub async fn run(
     if let Some(reloader) = reloader.as_mut() {
         reloader.join().await?;
     }
+    // Together: an adoption drains within the same edge.drain_timeout_secs.
     stop_publishing.cancel();
+    stop_adopting.cancel();
     publisher.join().await?;
+    if let Some(adopter) = adopter.as_mut() {
+        adopter.join().await?;
+    }
     stop_admin.cancel();
     admin.join().await?;
     Ok(())

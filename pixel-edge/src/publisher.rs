@@ -76,6 +76,9 @@ pub struct Publisher {
     /// What the receipts confirmed, and when to send again what they leave out.
     receipt_wait: ReceiptWait,
     delivered: u64,
+    /// Delivering an orphaned spool (see `orphans`): it ends once everything is confirmed, and leaves
+    /// the gauges to the edge's own publisher.
+    adopted: bool,
 }
 
 impl Publisher {
@@ -125,17 +128,34 @@ impl Publisher {
             paused_until: None,
             receipt_wait: ReceiptWait::new(settings.receipt_timeout()),
             delivered: 0,
+            adopted: false,
         })
     }
 
-    /// Publishes until `stop` is cancelled and everything held is confirmed, or `drain_timeout` after
-    /// `stop` has passed; then logs what it could not deliver.
-    pub async fn run(mut self, stop: CancellationToken, drain_timeout: Duration) {
+    /// A publisher for an orphaned spool, with `settings` naming the orphan's edge id: no visit comes
+    /// but those in the spool, and [`run`](Self::run) ends once they are all confirmed.
+    pub fn adopting(settings: &Settings, spool: Spool) -> Result<Self, SettingsError> {
+        let (_, mut queue) = queue::channel(1, 0);
+        queue.close();
+        let connected = Arc::new(AtomicBool::new(false));
+        Ok(Self {
+            queue_done: true,
+            adopted: true,
+            ..Self::new(settings, queue, Some(spool), connected)?
+        })
+    }
+
+    /// Publishes until `stop` is cancelled and everything held is confirmed (an adopted spool's
+    /// publisher: until everything is confirmed), or `drain_timeout` after `stop` has passed; then
+    /// logs what it could not deliver, and removes the spool if it holds nothing unconfirmed. Returns
+    /// whether everything was delivered.
+    pub async fn run(mut self, stop: CancellationToken, drain_timeout: Duration) -> bool {
         let mut drain_deadline: Option<Instant> = None;
         let mut metrics_tick = tokio::time::interval(METRICS_EVERY);
         loop {
             self.publish_next().await;
-            if drain_deadline.is_some() && self.queue_done && self.holds_nothing() {
+            if (drain_deadline.is_some() || self.adopted) && self.queue_done && self.holds_nothing()
+            {
                 break;
             }
             let can_take = !self.queue_done
@@ -181,6 +201,9 @@ impl Publisher {
 
     fn set_connected(&self, connected: bool) {
         self.broker_connected.store(connected, Ordering::Relaxed);
+        if self.adopted {
+            return;
+        }
         metrics::gauge!("tracker_edge_broker_connected").set(if connected { 1.0 } else { 0.0 });
     }
 
@@ -270,11 +293,16 @@ impl Publisher {
     }
 
     fn record_outbox(&self) {
+        if self.adopted {
+            return;
+        }
         metrics::gauge!("tracker_edge_outbox_bytes").set(self.outbox_bytes as f64);
     }
 
     fn record_spool_metrics(&self) {
-        let Some(spool) = &self.spool else { return };
+        let Some(spool) = self.spool.as_ref().filter(|_| !self.adopted) else {
+            return;
+        };
         metrics::gauge!("tracker_edge_spool_bytes").set(spool.bytes() as f64);
         metrics::gauge!("tracker_edge_unconfirmed_visits").set(spool.unconfirmed_visits() as f64);
         let age = spool
@@ -554,10 +582,11 @@ impl Publisher {
         self.reconnect_at = Instant::now() + delay;
     }
 
-    async fn finish(mut self) {
+    async fn finish(mut self) -> bool {
         let lost = self.visits_in_memory_only();
         let delivered = self.delivered;
-        if self.holds_nothing() && lost == 0 {
+        let everything = self.holds_nothing() && lost == 0;
+        if everything {
             tracing::info!(delivered, "publisher stopped, everything delivered");
         }
         if let Some(spool) = self.spool.as_ref().filter(|s| s.holds_unconfirmed()) {
@@ -578,6 +607,16 @@ impl Publisher {
         if let Some(connection) = self.connection.take() {
             connection.close(Duration::from_secs(2)).await;
         }
+        match self.with_spool(Spool::close).await {
+            Some(Ok(true)) => tracing::info!("the spool held nothing unconfirmed: removed"),
+            Some(Ok(false)) | None => {}
+            Some(Err(err)) => {
+                metrics::counter!("tracker_edge_spool_errors_total", "operation" => "cleanup")
+                    .increment(1);
+                tracing::warn!("could not close the spool: {err}");
+            }
+        }
+        everything
     }
 }
 

@@ -19,16 +19,23 @@
 //! survives the deletion of every segment). A fresh spool starts at the current Unix time in
 //! microseconds, so even an edge whose spool was lost never reuses a number it sent before (it would
 //! have had to send more than a million visits a second). The spool is bounded by
-//! `edge.spool_max_bytes`, and locked (`lock`) by the edge using it.
+//! `edge.spool_max_bytes`, and locked (`lock`, an `flock`) by the edge using it.
+//!
+//! At a clean stop a spool that holds nothing unconfirmed is removed (segments, `seq`, `lock` and the
+//! directory), so edges that come and go (a new id per container) leave nothing behind; one that
+//! still holds visits gets its lock file's time set instead, which tells adopters (see `orphans`)
+//! that it was in use until then.
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use common::wire;
+use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::batch::{Batch, MAX_BATCH_BYTES};
@@ -48,7 +55,7 @@ pub struct Spool {
     /// The sequence number the next event gets.
     next_seq: u64,
     /// Held while the spool is open: a second edge pointed at the same directory refuses to start.
-    _lock: Flock<File>,
+    lock: Flock<File>,
 }
 
 struct Segment {
@@ -73,8 +80,33 @@ impl Spool {
     /// Opens and locks the spool in `dir` (created if missing); segments left by an earlier run are
     /// replayed, empty ones removed.
     pub fn open(dir: &Path, max_bytes: u64) -> io::Result<Self> {
-        fs::create_dir_all(dir)?;
-        let lock = lock(dir)?;
+        let lock = loop {
+            fs::create_dir_all(dir)?;
+            match try_lock(dir, true) {
+                Ok(Some(lock)) => break lock,
+                // Removed between the two calls (an adopter finished with it): made again.
+                Ok(None) if !dir.join(LOCK_FILE).exists() => continue,
+                Ok(None) => return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    "in use by another running edge (a second edge with this edge.id, or one delivering this edge's orphaned spool: see edge.adopt_orphaned_spools; its lock file is held)",
+                )),
+                Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                Err(err) => return Err(err),
+            }
+        };
+        Self::open_locked(dir, max_bytes, lock)
+    }
+
+    /// The spool in `dir` if no process holds it (an orphan, see `orphans`): locked without waiting,
+    /// then opened as [`open`](Self::open) does; `None` while another holds it, or once it is gone.
+    pub fn open_unheld(dir: &Path, max_bytes: u64) -> io::Result<Option<Self>> {
+        match try_lock(dir, false)? {
+            Some(lock) => Self::open_locked(dir, max_bytes, lock).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn open_locked(dir: &Path, max_bytes: u64, lock: Flock<File>) -> io::Result<Self> {
         let mut segments = Vec::new();
         for entry in fs::read_dir(dir)? {
             let path = entry?.path();
@@ -105,7 +137,7 @@ impl Spool {
             segments: segments.into(),
             active,
             next_seq,
-            _lock: lock,
+            lock,
         };
         spool.write_state()?;
         spool.number_unnumbered()?;
@@ -234,6 +266,28 @@ impl Spool {
         self.unconfirmed_visits()
     }
 
+    /// At shutdown: a spool that holds nothing unconfirmed is removed from disk (segments, state
+    /// file, lock file, and the directory unless something else is in it, e.g. a nested spool) and
+    /// `true` returned; otherwise its lock file's time is set to now, so that no adopter takes it for
+    /// `edge.orphan_after_secs`. Either way the spool is not to be used afterwards.
+    pub fn close(&mut self) -> io::Result<bool> {
+        if self.holds_unconfirmed() {
+            self.lock.set_modified(SystemTime::now())?;
+            return Ok(false);
+        }
+        for segment in &self.segments {
+            remove_if_there(&segment.path)?;
+        }
+        // The lock file last: until then an edge of this id starting meanwhile waits for the lock.
+        for name in [STATE_FILE, LOCK_FILE] {
+            remove_if_there(&self.dir.join(name))?;
+        }
+        if let Err(err) = fs::remove_dir(&self.dir) {
+            tracing::debug!(dir = %self.dir.display(), "the spool's directory stays: {err}");
+        }
+        Ok(true)
+    }
+
     /// Segments written before events had sequence numbers are appended again, numbered.
     fn number_unnumbered(&mut self) -> io::Result<()> {
         let active = self.active_segment().number;
@@ -317,18 +371,59 @@ fn read_batch(segment: &Segment, from: u64) -> io::Result<Batch> {
     })
 }
 
-fn lock(dir: &Path) -> io::Result<Flock<File>> {
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
+/// Tells adopters (see `orphans`) that the spool in `dir` is in use: its lock file's time is set to
+/// now. Taking no lock, it works beside the edge that holds it.
+pub fn mark_in_use(dir: &Path) -> io::Result<()> {
+    OpenOptions::new()
         .write(true)
-        .open(dir.join(LOCK_FILE))?;
-    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
-        io::Error::new(
-            io::ErrorKind::WouldBlock,
-            format!("in use by another running edge (its lock file is held: {errno})"),
-        )
-    })
+        .open(dir.join(LOCK_FILE))?
+        .set_modified(SystemTime::now())
+}
+
+/// Whether `dir` holds a spool that no process holds (false for one that is gone).
+pub fn is_unheld(dir: &Path) -> io::Result<bool> {
+    // The probe's lock is let go at once.
+    Ok(try_lock(dir, false)?.is_some())
+}
+
+/// Takes the spool's lock without waiting; `None` while another process holds it. `create` makes the
+/// lock file (the edge's own spool); without it a spool that has no lock file is gone (`None`). A
+/// lock taken on a file removed meanwhile (an adopter finished with the spool) is let go: taken
+/// again on the file now there, or `None` when there is none.
+fn try_lock(dir: &Path, create: bool) -> io::Result<Option<Flock<File>>> {
+    let path = dir.join(LOCK_FILE);
+    loop {
+        let file = match OpenOptions::new()
+            .create(create)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+        {
+            Ok(file) => file,
+            Err(err) if !create && err.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(err),
+        };
+        let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => lock,
+            Err((_, errno)) if errno == Errno::EWOULDBLOCK => return Ok(None),
+            Err((_, errno)) => return Err(errno.into()),
+        };
+        let held = lock.metadata()?;
+        match fs::metadata(&path) {
+            Ok(now) if (now.dev(), now.ino()) == (held.dev(), held.ino()) => return Ok(Some(lock)),
+            Ok(_) if create => {}
+            Ok(_) => return Ok(None),
+            Err(err) if !create && err.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+fn remove_if_there(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(err) if err.kind() != io::ErrorKind::NotFound => Err(err),
+        _ => Ok(()),
+    }
 }
 
 fn read_state(dir: &Path) -> io::Result<Option<u64>> {
@@ -598,6 +693,72 @@ mod tests {
         );
         drop(spool);
         Spool::open(dir.path(), 1 << 20).unwrap();
+    }
+
+    #[test]
+    fn a_fully_confirmed_spool_leaves_nothing_at_close_and_a_new_one_there_numbers_above() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("edge/a");
+        let mut spool = Spool::open(&dir, 1 << 20).unwrap();
+        spool.append(&events(&["a"])).unwrap();
+        let a = spool.next_batch().unwrap().unwrap().last_seq.unwrap();
+        assert!(!spool.close().unwrap(), "a is not confirmed: it stays");
+        drop(spool);
+        // The same edge again (docker restart): it replays a.
+        let mut spool = Spool::open(&dir, 1 << 20).unwrap();
+        assert_eq!(
+            read(&spool.next_batch().unwrap().unwrap()),
+            [("a".to_owned(), a)]
+        );
+        spool.append(&events(&["b"])).unwrap();
+        let b = spool.next_batch().unwrap().unwrap().last_seq.unwrap();
+        spool.confirm_through(b).unwrap();
+        assert!(spool.close().unwrap());
+        drop(spool);
+        assert!(
+            !dir.exists(),
+            "segments, seq, lock and the directory are gone"
+        );
+        assert!(root.path().join("edge").exists(), "the parent stays");
+        // The same id once more: a fresh spool, numbered above, whose floor passes the old numbers.
+        let mut spool = Spool::open(&dir, 1 << 20).unwrap();
+        spool.append(&events(&["c"])).unwrap();
+        let batch = spool.next_batch().unwrap().unwrap();
+        let (_, event) = wire::decode_message(&batch.payload).next().unwrap();
+        let event = event.unwrap();
+        assert!(event.seq.unwrap() > b, "numbered from the current time");
+        assert_eq!(event.seq_floor, event.seq);
+    }
+
+    #[test]
+    fn an_adopter_opens_a_spool_nobody_holds_never_one_held_or_gone() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("edge/b");
+        assert!(!is_unheld(&dir).unwrap());
+        assert!(Spool::open_unheld(&dir, 1 << 20).unwrap().is_none());
+        let mut held = Spool::open(&dir, 1 << 20).unwrap();
+        held.append(&events(&["x"])).unwrap();
+        assert!(!is_unheld(&dir).unwrap(), "its edge holds it");
+        assert!(Spool::open_unheld(&dir, 1 << 20).unwrap().is_none());
+        mark_in_use(&dir).unwrap();
+        assert!(!is_unheld(&dir).unwrap(), "touching it takes no lock");
+        drop(held);
+        assert!(is_unheld(&dir).unwrap());
+        let mut adopted = Spool::open_unheld(&dir, 1 << 20).unwrap().unwrap();
+        assert_eq!(adopted.unconfirmed_visits(), 1);
+        let err = Spool::open(&dir, 1 << 20).err().unwrap();
+        assert!(
+            err.to_string().contains("in use by another running edge"),
+            "an edge of that id starting meanwhile: {err}"
+        );
+        let x = adopted.next_batch().unwrap().unwrap().last_seq.unwrap();
+        adopted.confirm_through(x).unwrap();
+        assert!(adopted.close().unwrap());
+        drop(adopted);
+        assert!(
+            Spool::open_unheld(&dir, 1 << 20).unwrap().is_none(),
+            "removed"
+        );
     }
 
     #[test]

@@ -45,27 +45,57 @@ pub struct Service {
     admin_addr: Option<SocketAddr>,
     /// The network namespace it runs in (a far site's, see [`crate::Link`]); `None`: the host's.
     namespace: Option<String>,
+    /// Its working directory; `None`: the test's.
+    working_dir: Option<PathBuf>,
     child: Option<Child>,
 }
 
 impl Service {
     /// A pixel edge with id `edge/{id}`, on a free port kept across restarts; `extra` adds or overrides settings.
     pub fn edge(broker: &impl BrokerAccess, id: &str, dir: &Path, extra: &[(&str, &str)]) -> Self {
+        let mut service = Self::unstarted_edge(broker, id, dir, extra);
+        service.start();
+        service
+    }
+
+    /// A pixel edge with id `edge/{id}` as [`edge`](Self::edge), but in the default spool layout: it
+    /// runs in `dir` without `edge.spool_dir`, so its spool is `dir/spool/edge/{id}`, where the
+    /// other edges of the test find it (orphaned spools).
+    pub fn edge_in_spool_root(
+        broker: &impl BrokerAccess,
+        id: &str,
+        dir: &Path,
+        extra: &[(&str, &str)],
+    ) -> Self {
+        let mut service = Self::unstarted_edge(broker, id, dir, extra);
+        service
+            .env
+            .retain(|(key, _)| key != "TRACKER__EDGE__SPOOL_DIR");
+        service.working_dir = Some(dir.to_owned());
+        service.start();
+        service
+    }
+
+    fn unstarted_edge(
+        broker: &impl BrokerAccess,
+        id: &str,
+        dir: &Path,
+        extra: &[(&str, &str)],
+    ) -> Self {
         let port = free_port();
         let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
         let env = edge_env(broker, id, dir, listen, admin, extra);
-        let mut service = Self {
+        Self {
             binary: binary("pixel-edge"),
             env,
             log: dir.join(format!("{id}.log")),
             http_addr: Some(listen),
             admin_addr: Some(admin),
             namespace: None,
+            working_dir: None,
             child: None,
-        };
-        service.start();
-        service
+        }
     }
 
     /// A pixel edge with id `edge/{id}` at the far site of `link`: it reaches the broker over the
@@ -96,6 +126,7 @@ impl Service {
             http_addr: Some(addr),
             admin_addr: Some(admin),
             namespace: Some(link.namespace.clone()),
+            working_dir: None,
             child: None,
         };
         service.start();
@@ -123,6 +154,7 @@ impl Service {
             http_addr: None,
             admin_addr: Some(admin),
             namespace: None,
+            working_dir: None,
             child: None,
         };
         service.start();
@@ -144,6 +176,7 @@ impl Service {
             http_addr: http_port.map(|port| SocketAddr::from((Ipv4Addr::LOCALHOST, port))),
             admin_addr: None,
             namespace: None,
+            working_dir: None,
             child: None,
         };
         service.start();
@@ -181,6 +214,9 @@ impl Service {
             }
             None => Command::new(&self.binary),
         };
+        if let Some(dir) = &self.working_dir {
+            command.current_dir(dir);
+        }
         let child = command
             .env_clear()
             .envs(self.env.iter().map(|(k, v)| (k, v)))
