@@ -114,6 +114,26 @@ async fn assert_all_landed(
     );
 }
 
+/// A sink (client id `name`) on the nodes in `order`, the node leading its queue, and an edge that
+/// connects to the other nodes first, so that a fault of the leader does not also cut the edge's link.
+async fn sink_and_edge_off_the_leader(
+    cluster: &Cluster,
+    order: [usize; 3],
+    name: &str,
+    dir: &Path,
+) -> (Service, usize, Service) {
+    let sink = sink(cluster, order, name, dir).await;
+    let leader = cluster.queue_leader(name);
+    let away = (leader + 1) % 3;
+    let edge = edge(
+        cluster,
+        [away, (away + 1) % 3, leader],
+        &format!("edge-of-{name}"),
+        dir,
+    );
+    (sink, leader, edge)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn on_the_cluster_a_visit_becomes_one_exact_line() {
     let (_turn, cluster) = Cluster::exclusive().await;
@@ -188,15 +208,8 @@ async fn on_the_cluster_visits_wait_for_a_sink_that_is_away() {
 async fn the_node_leading_the_sinks_queue_killed_with_the_sink_online_loses_nothing() {
     let (_turn, cluster) = Cluster::exclusive().await;
     let dir = tempfile::tempdir().unwrap();
-    let sink = sink(cluster, [0, 2, 1], "sink-leader-online", dir.path()).await;
-    let leader = cluster.queue_leader("sink-leader-online");
-    let away = (leader + 1) % 3;
-    let edge = edge(
-        cluster,
-        [away, (away + 1) % 3, leader],
-        "rabbit-online",
-        dir.path(),
-    );
+    let (sink, leader, edge) =
+        sink_and_edge_off_the_leader(cluster, [0, 2, 1], "sink-leader-online", dir.path()).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let traffic = visits_until(&edge, "online", stop.clone());
@@ -223,15 +236,8 @@ async fn the_node_leading_the_sinks_queue_killed_with_the_sink_online_loses_noth
 async fn the_node_leading_the_sinks_queue_killed_with_the_sink_away_loses_nothing() {
     let (_turn, cluster) = Cluster::exclusive().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut sink = sink(cluster, [1, 2, 0], "sink-leader-away", dir.path()).await;
-    let leader = cluster.queue_leader("sink-leader-away");
-    let away = (leader + 1) % 3;
-    let edge = edge(
-        cluster,
-        [away, (away + 1) % 3, leader],
-        "rabbit-leader-away",
-        dir.path(),
-    );
+    let (mut sink, leader, edge) =
+        sink_and_edge_off_the_leader(cluster, [1, 2, 0], "sink-leader-away", dir.path()).await;
     assert!(sink.terminate().success());
 
     let queued = visits(&edge, "queued", 500, Duration::ZERO).await;
@@ -262,15 +268,8 @@ async fn the_node_leading_the_sinks_queue_killed_with_the_sink_away_loses_nothin
 async fn the_node_leading_the_sinks_queue_restarted_cleanly_while_visits_flow_loses_nothing() {
     let (_turn, cluster) = Cluster::exclusive().await;
     let dir = tempfile::tempdir().unwrap();
-    let sink = sink(cluster, [1, 0, 2], "sink-clean-restart", dir.path()).await;
-    let leader = cluster.queue_leader("sink-clean-restart");
-    let away = (leader + 1) % 3;
-    let edge = edge(
-        cluster,
-        [away, (away + 1) % 3, leader],
-        "rabbit-clean-restart",
-        dir.path(),
-    );
+    let (sink, leader, edge) =
+        sink_and_edge_off_the_leader(cluster, [1, 0, 2], "sink-clean-restart", dir.path()).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let traffic = visits_until(&edge, "clean", stop.clone());
