@@ -7,6 +7,8 @@
 //! and adopts them one at a time: it takes the lock and delivers the spool under the **orphan's own
 //! edge id** (its topic, its receipt, a connection of its own: see `Settings::adopting`) with a
 //! publisher of its own, which ends once the sink has confirmed everything and removes the directory.
+//! A spool with nothing unconfirmed (what an edge that stopped cleanly leaves: its numbering, kept for
+//! a restart in place) is removed at once.
 //! On shutdown an adoption drains like the edge's own publisher, then stops; what is left stays for
 //! the next adopter.
 //!
@@ -118,6 +120,20 @@ impl Orphans {
                 return true;
             }
         };
+        if !spool.holds_unconfirmed() {
+            // What an edge that stopped cleanly leaves: only its numbering, for a restart in place.
+            let (_, removed) = on_blocking_pool(spool, |spool| spool.remove()).await;
+            metrics::gauge!("tracker_edge_orphaned_spools").decrement(1.0);
+            match removed {
+                Ok(()) => {
+                    tracing::info!(edge = %id, "removed the spool edge {id} left: nothing in it was unconfirmed")
+                }
+                Err(err) => {
+                    tracing::warn!(edge = %id, "could not remove the spool edge {id} left: {err}")
+                }
+            }
+            return true;
+        }
         let visits = spool.unconfirmed_visits();
         tracing::info!(edge = %id, visits, "adopting the orphaned spool of edge {id}: delivering its {visits} visits under its own edge id");
         let settings = self.settings.adopting(&id);

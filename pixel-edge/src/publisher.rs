@@ -607,8 +607,15 @@ impl Publisher {
         if let Some(connection) = self.connection.take() {
             connection.close(Duration::from_secs(2)).await;
         }
-        match self.with_spool(Spool::close).await {
-            Some(Ok(true)) => tracing::info!("the spool held nothing unconfirmed: removed"),
+        let adopted = self.adopted;
+        let closed = self
+            .with_spool(move |spool| match adopted && !spool.holds_unconfirmed() {
+                true => spool.remove().map(|()| true),
+                false => spool.close(),
+            })
+            .await;
+        match closed {
+            Some(Ok(true)) => tracing::info!("the spool held nothing unconfirmed: emptied"),
             Some(Ok(false)) | None => {}
             Some(Err(err)) => {
                 metrics::counter!("tracker_edge_spool_errors_total", "operation" => "cleanup")

@@ -266,15 +266,28 @@ impl Spool {
         self.unconfirmed_visits()
     }
 
-    /// At shutdown: a spool that holds nothing unconfirmed is removed from disk (segments, state
-    /// file, lock file, and the directory unless something else is in it, e.g. a nested spool) and
-    /// `true` returned; otherwise its lock file's time is set to now, so that no adopter takes it for
-    /// `edge.orphan_after_secs`. Either way the spool is not to be used afterwards.
+    /// The edge's own spool at shutdown: one that holds nothing unconfirmed loses its segments and
+    /// `true` is returned. Its state file (the highest number given) and lock file stay, so an edge of
+    /// this id restarted in place numbers on from there, whatever the clock says; an adopter removes
+    /// the rest once it is `edge.orphan_after_secs` old (an edge gone for good: a compose recreate).
+    /// Either way the lock file's time is set to now, so that no adopter takes it before then, and the
+    /// spool is not to be used afterwards.
     pub fn close(&mut self) -> io::Result<bool> {
+        self.lock.set_modified(SystemTime::now())?;
         if self.holds_unconfirmed() {
-            self.lock.set_modified(SystemTime::now())?;
             return Ok(false);
         }
+        self.write_state()?;
+        for segment in &self.segments {
+            remove_if_there(&segment.path)?;
+        }
+        Ok(true)
+    }
+
+    /// An adopted spool that holds nothing unconfirmed any more: removed from disk (segments, state
+    /// file, lock file, and the directory unless something else is in it, e.g. a nested spool).
+    pub fn remove(&mut self) -> io::Result<()> {
+        debug_assert!(!self.holds_unconfirmed());
         for segment in &self.segments {
             remove_if_there(&segment.path)?;
         }
@@ -285,7 +298,7 @@ impl Spool {
         if let Err(err) = fs::remove_dir(&self.dir) {
             tracing::debug!(dir = %self.dir.display(), "the spool's directory stays: {err}");
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Segments written before events had sequence numbers are appended again, numbered.
@@ -696,7 +709,7 @@ mod tests {
     }
 
     #[test]
-    fn a_fully_confirmed_spool_leaves_nothing_at_close_and_a_new_one_there_numbers_above() {
+    fn a_fully_confirmed_spool_keeps_only_its_numbering_at_close_and_an_adopter_removes_it() {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("edge/a");
         let mut spool = Spool::open(&dir, 1 << 20).unwrap();
@@ -715,19 +728,32 @@ mod tests {
         spool.confirm_through(b).unwrap();
         assert!(spool.close().unwrap());
         drop(spool);
-        assert!(
-            !dir.exists(),
-            "segments, seq, lock and the directory are gone"
-        );
-        assert!(root.path().join("edge").exists(), "the parent stays");
-        // The same id once more: a fresh spool, numbered above, whose floor passes the old numbers.
+        let mut left: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, [LOCK_FILE, STATE_FILE], "no segment stays");
+        // The same id again (docker restart): it numbers on, not from the clock.
         let mut spool = Spool::open(&dir, 1 << 20).unwrap();
         spool.append(&events(&["c"])).unwrap();
         let batch = spool.next_batch().unwrap().unwrap();
         let (_, event) = wire::decode_message(&batch.payload).next().unwrap();
         let event = event.unwrap();
-        assert!(event.seq.unwrap() > b, "numbered from the current time");
+        assert_eq!(event.seq, Some(b + 1));
         assert_eq!(event.seq_floor, event.seq);
+        spool.confirm_through(b + 1).unwrap();
+        assert!(spool.close().unwrap());
+        drop(spool);
+        // Gone for good: an adopter removes what is left.
+        let mut adopted = Spool::open_unheld(&dir, 1 << 20).unwrap().unwrap();
+        adopted.remove().unwrap();
+        drop(adopted);
+        assert!(
+            !dir.exists(),
+            "segments, seq, lock and the directory are gone"
+        );
+        assert!(root.path().join("edge").exists(), "the parent stays");
     }
 
     #[test]
@@ -753,7 +779,7 @@ mod tests {
         );
         let x = adopted.next_batch().unwrap().unwrap().last_seq.unwrap();
         adopted.confirm_through(x).unwrap();
-        assert!(adopted.close().unwrap());
+        adopted.remove().unwrap();
         drop(adopted);
         assert!(
             Spool::open_unheld(&dir, 1 << 20).unwrap().is_none(),

@@ -61,6 +61,16 @@ async fn wait_for_metric(edge: &Service, name: &str, done: impl Fn(f64) -> bool)
     }
 }
 
+/// The names of the files in `dir`, sorted.
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
 /// Makes the spool in `dir` look untouched for an hour.
 fn age(dir: &Path) {
     let then = SystemTime::now() - Duration::from_secs(3600);
@@ -116,10 +126,55 @@ async fn a_spool_left_while_the_broker_was_away_is_adopted_and_every_visit_lands
         "{log}"
     );
     assert!(adopter.terminate().success());
-    assert!(
-        !spool_of(dir, "b").exists(),
-        "a fully confirmed spool leaves nothing at a clean stop"
+    assert_eq!(
+        files_in(&spool_of(dir, "b")),
+        ["lock", "seq"],
+        "a fully confirmed spool keeps only its numbering at a clean stop"
     );
+    sink.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn what_a_clean_stop_leaves_is_kept_for_a_restart_and_removed_once_its_edge_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let broker = Broker::start();
+    let mut sink = Service::sink(&broker, dir, &[]);
+    sink.wait_for_log("subscribed", 1, PATIENCE).await;
+    let mut gone = Service::edge_in_spool_root(&broker, "c", dir, &[]);
+    let sent = visits(&gone, "c", 20).await;
+    collect_lines(&dir.join("visits.log"), sent.answered.len()).await;
+    assert!(gone.terminate().success());
+    assert!(
+        gone.log().contains("everything delivered"),
+        "{}",
+        gone.log()
+    );
+    assert_eq!(files_in(&spool_of(dir, "c")), ["lock", "seq"]);
+    age(&spool_of(dir, "c"));
+
+    let mut other = Service::edge_in_spool_root(&broker, "d", dir, &[]);
+    let deadline = Instant::now() + PATIENCE;
+    while spool_of(dir, "c").exists() {
+        assert!(Instant::now() < deadline, "never removed:\n{}", other.log());
+        sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        other
+            .log()
+            .contains("removed the spool edge edge/c left: nothing in it was unconfirmed"),
+        "{}",
+        other.log()
+    );
+    assert_eq!(
+        other
+            .metric("tracker_edge_orphaned_spools_adopted_total")
+            .await
+            .unwrap_or_default(),
+        0.0,
+        "nothing to deliver: not counted as adopted"
+    );
+    assert!(other.terminate().success());
     sink.terminate();
 }
 
