@@ -1,6 +1,7 @@
 //! The messages received from the broker and not yet acked, bounded in bytes: the subscription waits
 //! (and so stops reading the socket, which holds the broker back) while they weigh
-//! [`MAX_UNACKED_BYTES`]; the writer gives their bytes back as it acks them. The broker alone would
+//! [`MAX_UNACKED_BYTES`]; the writer gives their bytes back once they are written (their acks follow,
+//! see [`crate::acks`]). The broker alone would
 //! send up to `max_inflight_messages` (1000) messages of up to 1 MiB each before any ack.
 
 use std::sync::Arc;

@@ -2,6 +2,7 @@
 //! only once every visit it carried is written (and, by default, synced). The subscription, the writer
 //! and the admin listener are watched: if one ends before shutdown, `run` fails.
 
+mod acks;
 pub mod append_file;
 pub mod configuration;
 mod health;
@@ -19,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use common::supervision::Watched;
+use common::supervision::{TaskEnded, Watched};
 use rumqttc::AsyncClient;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -78,10 +79,12 @@ pub async fn run(
     // A receipt lost with the previous run (written and acked, then a crash) is published again.
     receipts.confirm(storage.all_receipts());
     let mut receipts_task = Watched::spawn("receipts", receipts_task);
+    let (acks, acker) = acks::channel(client.clone());
+    let mut acker = Watched::spawn("acker", acker.run());
     let writer = Writer::new(
         storage,
         settings.storage.clone(),
-        client.clone(),
+        acks,
         health.clone(),
         receipts,
     );
@@ -108,11 +111,11 @@ pub async fn run(
     tokio::select! {
         _ = shutdown => {}
         ended = driver.ended() => return Err(ended.into()),
-        ended = writer.ended() => {
-            // The writer also returns when the subscription's channel closes: a subscription that
-            // died is then the cause to report, once its end is seen.
-            return Err(match tokio::time::timeout(Duration::from_secs(1), driver.ended()).await {
-                Ok(cause) => cause,
+        ended = writer.ended() => return Err(cause_behind(ended, &mut driver).await.into()),
+        ended = acker.ended() => {
+            // The acker also returns when the writer has ended: then the writer's end is the cause.
+            return Err(match tokio::time::timeout(Duration::from_secs(1), writer.ended()).await {
+                Ok(writer_ended) => cause_behind(writer_ended, &mut driver).await,
                 Err(_) => ended,
             }
             .into());
@@ -122,6 +125,8 @@ pub async fn run(
     }
     stop.cancel();
     writer.join().await?;
+    // The writer's end of the acks is gone with it: the acker ends once every ack is queued.
+    acker.join().await?;
     stop_receipts.cancel();
     // The acks are queued before the DISCONNECT, so they go out first.
     let _ = client.try_disconnect();
@@ -142,4 +147,13 @@ pub async fn run(
     }
     tracing::info!("store sink stopped");
     Ok(())
+}
+
+/// Why the writer ended: it also returns when the subscription's channel closes, and a subscription
+/// that died is then the cause to report, once its end is seen.
+async fn cause_behind(writer_ended: TaskEnded, driver: &mut Watched) -> TaskEnded {
+    match tokio::time::timeout(Duration::from_secs(1), driver.ended()).await {
+        Ok(cause) => cause,
+        Err(_) => writer_ended,
+    }
 }

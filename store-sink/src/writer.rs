@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 
 use common::blocking::on_blocking_pool;
-use rumqttc::{AsyncClient, Publish};
+use rumqttc::Publish;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::acks::Acks;
 use crate::configuration::StorageSettings;
 use crate::health::SinkHealth;
 use crate::inbox;
@@ -36,7 +37,7 @@ pub struct Writer {
     /// `None` only while a flush runs on the blocking pool.
     storage: Option<Storage>,
     settings: StorageSettings,
-    client: AsyncClient,
+    acks: Acks,
     health: Arc<SinkHealth>,
     receipts: Receipts,
 }
@@ -45,14 +46,14 @@ impl Writer {
     pub fn new(
         storage: Storage,
         settings: StorageSettings,
-        client: AsyncClient,
+        acks: Acks,
         health: Arc<SinkHealth>,
         receipts: Receipts,
     ) -> Self {
         Self {
             storage: Some(storage),
             settings,
-            client,
+            acks,
             health,
             receipts,
         }
@@ -98,10 +99,7 @@ impl Writer {
                 break;
             }
             for message in &batch {
-                if let Err(err) = self.client.ack(message).await {
-                    // The broker redelivers it next session.
-                    tracing::warn!("could not ack a written message: {err}");
-                }
+                self.acks.ack(message);
                 messages.release(message);
             }
         }

@@ -660,3 +660,45 @@ async fn log_rotation_under_load_puts_every_visit_in_exactly_one_file() {
         "log rotated under load",
     );
 }
+
+/// A backlog heavier than the sink's inbox budget, queued while the sink was away: on reconnection
+/// the broker hands over more than the budget holds. When the writer still waited for room in
+/// rumqttc's request channel to ack, which only the subscription's polling frees while the
+/// subscription waited for the writer to free the budget, the sink stalled for good after ~2,900
+/// messages (its broker then dropped it for missed keep-alives).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backlog_heavier_than_the_sinks_inbox_drains_whole() {
+    const MESSAGES: usize = 4_000;
+    const PER_MESSAGE: usize = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start();
+    let mut sink = Service::sink(&broker, dir.path(), &[]);
+    sink.wait_for_log("subscribed", 1, PATIENCE).await;
+    assert!(sink.terminate().success());
+    // 4,000 messages of ~11.7 KB: ~47 MB, past the inbox's 32 MiB.
+    let payloads = (0..MESSAGES).map(|m| {
+        let mut payload = Vec::new();
+        for n in 0..PER_MESSAGE {
+            let visit = common::visit::Visit::new(
+                chrono::Utc::now(),
+                common::visit::HeaderText::new("https://blog.example/articles/hello.html"),
+                common::visit::HeaderText::new(format!("backlog-{m}-{n} {}", "x".repeat(90))),
+                "192.0.2.1".parse().unwrap(),
+                "edge/backlog",
+            );
+            common::wire::encode_event(&visit, &mut payload);
+        }
+        payload
+    });
+    let acked =
+        testkit::mqtt::publish(&broker, "edge", "tracker/visits/edge/backlog", payloads).await;
+    assert_eq!(acked, MESSAGES);
+
+    sink.start();
+    let lines = collect_lines(&dir.path().join("visits.log"), MESSAGES * PER_MESSAGE).await;
+    let sent: Vec<String> = (0..MESSAGES)
+        .flat_map(|m| (0..PER_MESSAGE).map(move |n| format!("backlog-{m}-{n} {}", "x".repeat(90))))
+        .collect();
+    assert_exactly_once(&lines, &sent, "a backlog heavier than the inbox");
+    assert!(sink.terminate().success());
+}
