@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime};
 use common::blocking::on_blocking_pool;
 use common::configuration::SettingsError;
 use common::in_turn::InTurn;
+use common::rate_limit::RateLimited;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -73,6 +74,8 @@ pub struct Publisher {
     retry_delays: Box<dyn Iterator<Item = Duration> + Send>,
     /// Set after a refused batch: publish nothing until then.
     paused_until: Option<Instant>,
+    /// Spool appends that failed, logged at most once a second.
+    spool_errors: RateLimited,
     /// What the receipts confirmed, and when to send again what they leave out.
     receipt_wait: ReceiptWait,
     delivered: u64,
@@ -126,6 +129,7 @@ impl Publisher {
             reconnect_at: Instant::now(),
             retry_delays: Box::new(common::backoff::retry_delays()),
             paused_until: None,
+            spool_errors: RateLimited::default(),
             receipt_wait: ReceiptWait::new(settings.receipt_timeout()),
             delivered: 0,
             adopted: false,
@@ -255,10 +259,14 @@ impl Publisher {
             Some(Err(err)) => {
                 metrics::counter!("tracker_edge_spool_errors_total", "operation" => "append")
                     .increment(1);
-                tracing::error!(
-                    visits = batch.visits,
-                    "could not spool a batch, holding it in memory: {err}"
-                );
+                // A full or failing disk fails every batch: one line a second, not one a batch.
+                self.spool_errors.warn(|unlogged| {
+                    tracing::error!(
+                        visits = batch.visits,
+                        similar_since_last_error = unlogged,
+                        "could not spool a batch, holding it in memory: {err}"
+                    )
+                });
                 self.push_outbox(batch);
             }
             None => self.push_outbox(batch),

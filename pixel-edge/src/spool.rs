@@ -358,7 +358,8 @@ fn read_batch(segment: &Segment, from: u64) -> io::Result<Batch> {
     let mut file = File::open(&segment.path)?;
     file.seek(SeekFrom::Start(from))?;
     let remaining = segment.len - from;
-    let mut chunk = Vec::new();
+    // Sized to what is read, so a batch held in flight takes no more than its bytes.
+    let mut chunk = Vec::with_capacity(remaining.min(MAX_BATCH_BYTES as u64) as usize);
     (&mut file)
         .take(remaining.min(MAX_BATCH_BYTES as u64))
         .read_to_end(&mut chunk)?;

@@ -82,6 +82,12 @@ async fn a_spool_that_cannot_append_leaves_a_bounded_outbox_and_counted_drops() 
         rss / 1_000_000
     );
     assert!(append_errors.is_some_and(|n| n >= 1.0), "{append_errors:?}");
+    // One line a second at most, each counting those it stands for: not one line per batch.
+    let logged = edge.log().matches("could not spool a batch").count();
+    assert!(
+        (logged as f64) * 10.0 <= append_errors.unwrap(),
+        "{logged} error lines for {append_errors:?} failed appends"
+    );
     assert!(
         (EDGE_OUTBOX_BYTES..EDGE_OUTBOX_BYTES + EDGE_BATCH_BYTES).contains(&outbox),
         "the outbox fills to its bound and no further: {outbox}"
