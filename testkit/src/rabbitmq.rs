@@ -164,6 +164,28 @@ impl Cluster {
 
     /// Runs one of RabbitMQ's command-line tools against `node`; panics with its output if it fails.
     pub fn ctl(&self, node: usize, tool: &str, args: &[&str]) -> String {
+        self.try_ctl(node, tool, args)
+            .unwrap_or_else(|failure| panic!("{failure}"))
+    }
+
+    /// As [`Self::ctl`], on any node that takes it, trying again for up to a minute: a node back
+    /// from a fault may still pause its app for a moment (`pause_minority`) before it settles.
+    pub fn ctl_any(&self, tool: &str, args: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut failures = Vec::new();
+            for node in 0..self.nodes.len() {
+                match self.try_ctl(node, tool, args) {
+                    Ok(text) => return text,
+                    Err(failure) => failures.push(failure),
+                }
+            }
+            assert!(Instant::now() < deadline, "{}", failures.join("\n"));
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    fn try_ctl(&self, node: usize, tool: &str, args: &[&str]) -> Result<String, String> {
         let node = &self.nodes[node];
         let output = Command::new(Path::new(SCRIPTS).join(tool))
             .env_clear()
@@ -175,12 +197,14 @@ impl Cluster {
                 "RabbitMQ's tools (package rabbitmq-server) must be installed: run scripts/test",
             );
         let text = String::from_utf8_lossy(&output.stdout).into_owned();
-        assert!(
-            output.status.success(),
-            "{tool} {args:?} failed: {text}{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        text
+        match output.status.success() {
+            true => Ok(text),
+            false => Err(format!(
+                "{tool} {args:?} failed on {}: {text}{}",
+                node.name,
+                String::from_utf8_lossy(&output.stderr)
+            )),
+        }
     }
 
     /// The node's own log, for a failing test to print.

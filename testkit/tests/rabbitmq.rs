@@ -82,8 +82,7 @@ fn visits_until(
 
 /// The session's queue goes with the test (it would collect every later test's visits).
 fn forget_session(cluster: &Cluster, client_id: &str) {
-    cluster.ctl(
-        0,
+    cluster.ctl_any(
         "rabbitmqctl",
         &[
             "delete_queue",
