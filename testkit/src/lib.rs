@@ -24,7 +24,7 @@ pub use load::{client, Load, LoadReport};
 pub use process::{BrokerAccess, Service};
 pub use rabbitmq::{Cluster, ClusterAccess};
 pub use services::{
-    collect_lines, read_lines, settled_lines, spawn_edge, spawn_edge_with, spawn_sink,
+    collect_lines, files_in, read_lines, settled_lines, spawn_edge, spawn_edge_with, spawn_sink,
     wait_for_lines, TestEdge, TestSink, EDGE_USER,
 };
 pub use small_disk::SmallDisk;

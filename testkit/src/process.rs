@@ -297,19 +297,20 @@ impl Service {
         value.trim().parse().ok()
     }
 
-    /// Waits until the service's metric `name` (see [`Self::metric`]) satisfies `done`; panics, with
-    /// the service's log, after `patience` (a deadline for waiting, not a timing assertion).
+    /// Waits until the service's metric `name` (see [`Self::metric`]) satisfies `done`, and returns
+    /// its value then; panics, with the service's log, after `patience` (a deadline for waiting, not a
+    /// timing assertion).
     pub async fn wait_for_metric(
         &self,
         name: &str,
         patience: Duration,
         done: impl Fn(f64) -> bool,
-    ) {
+    ) -> f64 {
         let deadline = Instant::now() + patience;
         loop {
             let value = self.metric(name).await;
-            if value.is_some_and(&done) {
-                return;
+            if let Some(value) = value.filter(|v| done(*v)) {
+                return value;
             }
             assert!(
                 Instant::now() < deadline,

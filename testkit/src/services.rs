@@ -228,3 +228,13 @@ pub async fn collect_lines(path: &Path, expected: usize) -> Vec<String> {
     wait_for_lines(path, expected, SETTLE_PATIENCE).await;
     settled_lines(path, Duration::from_secs(1)).await
 }
+
+/// The names of the files in `dir`, sorted (what a spool directory holds, say).
+pub fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}

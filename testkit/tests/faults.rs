@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use testkit::visits_log::{assert_exactly_once, count_by_user_agent};
 use testkit::{
-    client, collect_lines, read_lines, settled_lines, wait_for_lines, Broker, Load, LoadReport,
-    Service, SmallDisk,
+    client, collect_lines, files_in, read_lines, settled_lines, wait_for_lines, Broker, Load,
+    LoadReport, Service, SmallDisk,
 };
 use tokio::time::sleep;
 
@@ -187,13 +187,8 @@ async fn an_edge_restarted_during_a_broker_outage_keeps_its_visits_in_the_spool(
         "the sink confirmed every spooled visit: {}",
         edge.log()
     );
-    let mut left: Vec<_> = std::fs::read_dir(&spool)
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
-        .collect();
-    left.sort();
     assert_eq!(
-        left,
+        files_in(&spool),
         ["lock", "seq"],
         "a spool the sink confirmed entirely keeps only its numbering at a clean stop"
     );

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use testkit::visits_log::{assert_exactly_once, count_by_user_agent};
-use testkit::{client, collect_lines, Broker, Load, LoadReport, Service};
+use testkit::{client, collect_lines, files_in, Broker, Load, LoadReport, Service};
 use tokio::time::sleep;
 
 /// How long a wait may take before the test gives up (a deadline, not a timing assertion).
@@ -47,28 +47,7 @@ async fn gone_with_its_spool(broker: &Broker, dir: &Path, id: &str, count: usize
 
 /// Waits until `edge`'s metric `name` satisfies `done`, and returns its value.
 async fn wait_for_metric(edge: &Service, name: &str, done: impl Fn(f64) -> bool) -> f64 {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(value) = edge.metric(name).await.filter(|v| done(*v)) {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name} never reached the expected value:\n{}",
-            edge.log()
-        );
-        sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// The names of the files in `dir`, sorted.
-fn files_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
-        .collect();
-    names.sort();
-    names
+    edge.wait_for_metric(name, PATIENCE, done).await
 }
 
 /// Makes the spool in `dir` look untouched for an hour.
